@@ -10,7 +10,7 @@ from typing import Literal
 from .errors import SpecError
 from .specs import load_spec, save_spec, spec_from_dict, spec_to_dict
 
-__all__ = ["LoraSpec"]
+__all__ = ["LoraSpec", "OptimSpec"]
 
 Distribution = Literal["kaiming_uniform", "gaussian"]
 
@@ -83,3 +83,40 @@ class LoraSpec:
 
     def to_yaml(self, path: str | Path) -> Path:
         return save_spec(self, path)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """The optimizer of an experiment: Adam(W) with LoRA+ learning rates.
+
+    ``lr_b = lr_ratio * lr_a`` (LoRA+, arXiv 2402.12354; ``lr_ratio = 1`` is plain LoRA).
+
+    Attributes:
+        name: ``"adam"`` or ``"adamw"``.
+        lr_a: learning rate of ``lora_A`` (and of every other trainable matrix).
+        lr_ratio: λ = lr_b / lr_a.
+        betas, eps, weight_decay: the usual Adam(W) hyper-parameters.
+    """
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr_a: float = 1e-3
+    lr_ratio: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr_a) and self.lr_a > 0):
+            raise SpecError(f"optim.lr_a must be a finite number > 0, got {self.lr_a!r}")
+        if not (math.isfinite(self.lr_ratio) and self.lr_ratio > 0):
+            raise SpecError(f"optim.lr_ratio must be a finite number > 0, got {self.lr_ratio!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise SpecError(f"optim.betas must lie in [0, 1), got {self.betas!r}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise SpecError(f"optim.eps must be a finite number >= 0, got {self.eps!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise SpecError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    @property
+    def lr_b(self) -> float:
+        return self.lr_a * self.lr_ratio
