@@ -15,6 +15,11 @@ __all__ = ["LoraSpec", "OptimSpec"]
 Distribution = Literal["kaiming_uniform", "gaussian"]
 
 
+def _is_number(value: object) -> bool:
+    """A real number that is not a bool (YAML's ``true`` must not pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """A LoRA adapter: ``W = W0 + scaling * lora_B @ lora_A`` with ``lora_A`` (r x in), ``lora_B`` (out x r).
@@ -44,7 +49,7 @@ class LoraSpec:
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise SpecError(f"rank must be an integer >= 1, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+        if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
             raise SpecError(f"alpha must be a finite number > 0, got {self.alpha!r}")
         if self.init not in ("A", "B"):
             raise SpecError(f"init must be 'A' (Init[A]: B=0) or 'B' (Init[B]: A=0), got {self.init!r}")
@@ -54,9 +59,11 @@ class LoraSpec:
             )
         for name in ("std_a", "std_b"):
             value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value <= 0):
+            if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
                 raise SpecError(f"{name} must be a finite number > 0 (or null for the default), got {value!r}")
-        if not (0.0 <= self.dropout < 1.0):
+        if not isinstance(self.rslora, bool):
+            raise SpecError(f"rslora must be true or false, got {self.rslora!r}")
+        if not _is_number(self.dropout) or not (0.0 <= self.dropout < 1.0):
             raise SpecError(f"dropout must satisfy 0 <= dropout < 1, got {self.dropout!r}")
         if isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", (self.target_modules,))

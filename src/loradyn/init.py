@@ -89,17 +89,18 @@ def draw_(
     tensor: torch.Tensor,
     std: float,
     distribution: Distribution = "kaiming_uniform",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> torch.Tensor:
     """Fill ``tensor`` in place with zero-mean draws of standard deviation ``std``.
 
     The draw is made on the generator's device (CPU by default) in float32 (float64 for float64
     tensors) and copied in, so the same generator gives the same values whatever the tensor's
-    dtype or device.
+    dtype or device. ``generator`` may be an int seed (see :func:`make_generator`).
     """
     _distribution(distribution)
     if not (std > 0 and math.isfinite(std)):
         raise LoradynError(f"std must be a finite number > 0, got {std!r}")
+    generator = make_generator(generator)
     dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     device = generator.device if generator is not None else torch.device("cpu")
     buf = torch.empty(tensor.shape, dtype=dtype, device=device)
@@ -122,14 +123,16 @@ def init_pair_(
     std_a: float | None = None,
     std_b: float | None = None,
     distribution: Distribution = "kaiming_uniform",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> None:
     """Initialise one pair of raw tensors, ``lora_A`` (..., r, in) and ``lora_B`` (..., out, r).
 
     ``fan_in`` defaults to ``lora_A.shape[-1]`` (pass 1 for embeddings). Exactly one tensor is
-    drawn from ``generator`` (A for Init[A], B for Init[B]); the other is zeroed.
+    drawn from ``generator`` (a ``torch.Generator`` or an int seed; A for Init[A], B for Init[B]);
+    the other is zeroed.
     """
     scheme = _scheme(scheme)
+    generator = make_generator(generator)
     rank = int(lora_A.shape[-2])
     if scheme is InitScheme.A:
         std = std_a if std_a is not None else default_std(fan_in or int(lora_A.shape[-1]), distribution)
@@ -148,13 +151,17 @@ def _refresh_dora_magnitude(handle: LoraHandle) -> None:
         return
     dora = handle.module.lora_magnitude_vector[handle.adapter]
     base_weight = handle.base_layer.weight
-    fan_in_fan_out = handle.fan_in_fan_out
+    # The DoRA layer's own flag decides the orientation: PEFT builds embedding DoRA layers with
+    # fan_in_fan_out=True (norms per embedding dimension) although the Embedding module has no such flag.
+    fan_in_fan_out = bool(getattr(dora, "fan_in_fan_out", handle.fan_in_fan_out))
+    # at least float32 (half-precision norms are inaccurate), float64 for float64 models
+    dtype = torch.float64 if base_weight.dtype == torch.float64 else torch.float32
     weight = base_weight.T if fan_in_fan_out else base_weight
-    lora_weight = torch.zeros_like(weight, dtype=torch.float32)
+    lora_weight = torch.zeros_like(weight, dtype=dtype)
     if hasattr(dora, "get_weight_norm"):
-        norm = dora.get_weight_norm(base_weight.float(), lora_weight, handle.scaling)
+        norm = dora.get_weight_norm(base_weight.to(dtype), lora_weight, handle.scaling)
     else:  # pragma: no cover - older PEFT
-        norm = torch.linalg.norm(weight.float(), dim=1)
+        norm = torch.linalg.norm(weight.to(dtype), dim=1)
     mag.data.copy_(norm.reshape(mag.shape).to(mag.dtype))
 
 

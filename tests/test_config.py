@@ -1,0 +1,210 @@
+"""LoraSpec (loradyn.config): YAML round-trip, unknown keys, invalid values, overrides, scaling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loradyn import LoraSpec
+from loradyn.errors import LoradynError, SpecError
+from loradyn.init import InitScheme
+
+VALID_KEYS = "alpha, distribution, dropout, init, rank, rslora, std_a, std_b, target_modules"
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+CUSTOM = LoraSpec(
+    rank=16,
+    alpha=32.5,
+    init="B",
+    distribution="gaussian",
+    std_a=0.01,
+    std_b=None,
+    rslora=True,
+    dropout=0.1,
+    target_modules=("q_proj", "k_proj", "v_proj"),
+)
+
+
+# --- round trips ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [LoraSpec(), CUSTOM], ids=["default", "custom"])
+def test_yaml_round_trip(spec: LoraSpec, tmp_path: Path) -> None:
+    path = spec.to_yaml(tmp_path / "sub" / "lora.yaml")  # parent directories are created
+    assert path.exists()
+    back = LoraSpec.from_yaml(path)
+    assert back == spec
+    assert isinstance(back.target_modules, tuple)
+    # the file is plain YAML with every field, in declaration order
+    data = yaml.safe_load(path.read_text())
+    assert list(data) == [f.name for f in dataclasses.fields(LoraSpec)]
+    assert data["target_modules"] == list(spec.target_modules)
+
+
+def test_dict_round_trip() -> None:
+    d = CUSTOM.to_dict()
+    assert d["target_modules"] == ["q_proj", "k_proj", "v_proj"] and d["std_b"] is None
+    assert LoraSpec.from_dict(d) == CUSTOM
+    assert LoraSpec.from_dict({}) == LoraSpec()
+    assert LoraSpec.from_dict(None) == LoraSpec()
+
+
+def test_enum_init_serialises_as_its_value(tmp_path: Path) -> None:
+    spec = LoraSpec(init=InitScheme.B)
+    assert spec.to_dict()["init"] == "B"
+    assert LoraSpec.from_yaml(spec.to_yaml(tmp_path / "s.yaml")).init == "B"
+
+
+def test_yaml_values_are_coerced(tmp_path: Path) -> None:
+    path = tmp_path / "lora.yaml"
+    path.write_text("rank: '8'\nalpha: 16\nrslora: yes\ndropout: 0\nstd_b: 1e-2\ntarget_modules: [c_attn]\n")
+    spec = LoraSpec.from_yaml(path)
+    assert spec.rank == 8 and isinstance(spec.rank, int)
+    assert spec.alpha == 16.0 and isinstance(spec.alpha, float)
+    assert spec.rslora is True and spec.dropout == 0.0
+    assert spec.std_b == pytest.approx(0.01)  # YAML 1.1 reads 1e-2 as a string; coerced to float
+    assert spec.target_modules == ("c_attn",)
+
+
+def test_from_yaml_with_overrides(tmp_path: Path) -> None:
+    path = LoraSpec().to_yaml(tmp_path / "lora.yaml")
+    spec = LoraSpec.from_yaml(path, ["rank=32", "init=B", "alpha=64", "target_modules=[all-linear]", "std_a=null"])
+    assert (spec.rank, spec.init, spec.alpha, spec.target_modules) == (32, "B", 64.0, ("all-linear",))
+    with pytest.raises(SpecError, match="unknown key ranks in LoraSpec") as err:
+        LoraSpec.from_yaml(path, ["ranks=32"])
+    _one_line(err)
+    with pytest.raises(SpecError, match="rank must be an integer >= 1, got 0"):
+        LoraSpec.from_yaml(path, ["rank=0"])
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["ranks", "lora_alpha", "use_rslora", "r"])
+def test_unknown_key_lists_valid_keys(key: str) -> None:
+    with pytest.raises(SpecError) as err:
+        LoraSpec.from_dict({"rank": 4, key: 1})
+    assert _one_line(err) == f"unknown key {key} in LoraSpec; valid keys: {VALID_KEYS}"
+
+
+def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "lora.yaml"
+    path.write_text("rank: 4\nlora_dropout: 0.1\n")
+    with pytest.raises(SpecError, match=f"unknown key lora_dropout in LoraSpec; valid keys: {VALID_KEYS}") as err:
+        LoraSpec.from_yaml(path)
+    _one_line(err)
+
+
+# --- invalid values -------------------------------------------------------------------------------
+INVALID = [
+    ({"rank": 0}, "rank must be an integer >= 1"),
+    ({"rank": -4}, "rank must be an integer >= 1"),
+    ({"rank": 2.5}, "rank: expected an integer"),
+    ({"rank": True}, "rank: expected an integer"),
+    ({"alpha": 0}, "alpha must be a finite number > 0"),
+    ({"alpha": -1.0}, "alpha must be a finite number > 0"),
+    ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
+    ({"alpha": float("inf")}, "alpha must be a finite number > 0"),
+    ({"alpha": True}, "alpha: expected a number"),
+    ({"dropout": 1}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"dropout": 1.5}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"dropout": -0.1}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"init": "C"}, "init: 'C' is not one of 'A', 'B'"),
+    ({"init": "a"}, "init: 'a' is not one of 'A', 'B'"),
+    ({"distribution": "normal"}, "distribution: 'normal' is not one of 'kaiming_uniform', 'gaussian'"),
+    ({"std_a": 0}, "std_a must be a finite number > 0"),
+    ({"std_a": -0.1}, "std_a must be a finite number > 0"),
+    ({"std_b": float("nan")}, "std_b must be a finite number > 0"),
+    ({"std_b": "wide"}, "std_b: expected float | None"),
+    ({"rslora": "maybe"}, "rslora: expected true or false"),
+    ({"target_modules": []}, "target_modules must be a non-empty list"),
+    ({"target_modules": "q_proj"}, "target_modules: expected a list"),
+    ({"target_modules": ["q_proj", ""]}, "target_modules must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize(("data", "match"), INVALID, ids=[str(d) for d, _ in INVALID])
+def test_invalid_values_from_dict(data: dict, match: str) -> None:
+    with pytest.raises(SpecError) as err:
+        LoraSpec.from_dict(data)
+    assert match in _one_line(err)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rank": 0}, {"rank": 8.0}, {"rank": True}, {"alpha": 0.0}, {"alpha": True}, {"dropout": 1.0},
+        {"dropout": "0.1"}, {"init": "C"}, {"distribution": "uniform"}, {"std_a": 0.0}, {"std_b": -1.0},
+        {"std_a": "0.1"}, {"std_b": True}, {"rslora": "yes"}, {"target_modules": ()},
+    ],
+)
+def test_invalid_values_direct_construction(kwargs: dict) -> None:
+    with pytest.raises(SpecError) as err:
+        LoraSpec(**kwargs)
+    _one_line(err)
+
+
+def test_spec_error_is_a_loradyn_error() -> None:
+    assert issubclass(SpecError, LoradynError) and issubclass(LoradynError, ValueError)
+
+
+# --- behaviour ----------------------------------------------------------------------------------
+def test_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LoraSpec().rank = 4  # type: ignore[misc]
+
+
+def test_target_modules_string_becomes_tuple() -> None:
+    assert LoraSpec(target_modules="all-linear").target_modules == ("all-linear",)
+    assert LoraSpec(target_modules=["a", "b"]).target_modules == ("a", "b")
+    assert LoraSpec(target_modules=["a"]) == LoraSpec(target_modules=("a",))  # hashable & comparable
+    hash(LoraSpec(target_modules=["a"]))
+
+
+@pytest.mark.parametrize("rank", [1, 4, 8, 64])
+def test_scaling(rank: int) -> None:
+    assert LoraSpec(rank=rank, alpha=16).scaling == pytest.approx(16 / rank, rel=1e-15)
+    assert LoraSpec(rank=rank, alpha=16, rslora=True).scaling == pytest.approx(16 / math.sqrt(rank), rel=1e-15)
+
+
+# --- OptimSpec (the LoRA+ optimizer spec, also in loradyn.config) ---------------------------------
+def test_optim_spec_round_trip(tmp_path: Path) -> None:
+    from loradyn.config import OptimSpec
+
+    spec = OptimSpec(name="adamw", lr_a=2e-4, lr_ratio=16, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    assert spec.lr_b == pytest.approx(3.2e-3, rel=1e-15)
+    path = tmp_path / "optim.yaml"
+    from loradyn.specs import load_spec, save_spec
+
+    assert load_spec(OptimSpec, save_spec(spec, path)) == spec
+    assert load_spec(OptimSpec, path, ["lr_ratio=1"]).lr_b == pytest.approx(2e-4, rel=1e-15)
+
+
+OPTIM_INVALID = [
+    ({"lr_a": 0}, "optim.lr_a must be a finite number > 0"),
+    ({"lr_a": float("nan")}, "optim.lr_a must be a finite number > 0"),
+    ({"lr_ratio": -1}, "optim.lr_ratio must be a finite number > 0"),
+    ({"lr_ratio": float("inf")}, "optim.lr_ratio must be a finite number > 0"),
+    ({"betas": [0.9, 1.0]}, "optim.betas must lie in [0, 1)"),
+    ({"betas": [0.9]}, "betas: expected 2 items, got 1"),
+    ({"eps": -1e-8}, "optim.eps must be a finite number >= 0"),
+    ({"weight_decay": -0.1}, "optim.weight_decay must be >= 0"),
+    ({"name": "sgd"}, "name: 'sgd' is not one of 'adam', 'adamw'"),
+    ({"lr": 1e-3}, "unknown key lr in OptimSpec; valid keys: betas, eps, lr_a, lr_ratio, name, weight_decay"),
+]
+
+
+@pytest.mark.parametrize(("data", "match"), OPTIM_INVALID, ids=[str(d) for d, _ in OPTIM_INVALID])
+def test_optim_spec_invalid(data: dict, match: str) -> None:
+    from loradyn.config import OptimSpec
+    from loradyn.specs import spec_from_dict
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(OptimSpec, data)
+    assert match in _one_line(err)
