@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -141,13 +142,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def spec_from_dict(cls: type[T], data: Mapping[str, Any] | None, *, _where: str = "") -> T:
     """Build the frozen dataclass ``cls`` from plain data; unknown keys are rejected."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise SpecError(f"{_where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:

@@ -15,19 +15,23 @@ The sweep engine (expansion, store, executors, CLI) knows nothing else about a t
   status, and the rest of the pack is unaffected.
 
 Tasks register themselves by kind with :func:`register_task`; :func:`get_task` resolves a kind,
-importing the module that defines it on first use (so optional extras stay lazy).
+importing the module that defines it on first use (so optional extras stay lazy). Modules named
+in the environment variable ``LORADYN_TASK_MODULES`` (comma-separated, e.g. ``mypkg.tasks``) are
+imported before an unknown kind is reported: that is how a user's own task (or the tests' toy
+task) reaches the CLI and spawned worker processes.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import LoradynError
 
-__all__ = ["Task", "TrialResult", "get_task", "register_task", "task_kinds"]
+__all__ = ["Task", "TrialResult", "get_task", "register_task", "task_kinds", "task_module"]
 
 Status = Literal["done", "diverged", "failed"]
 
@@ -73,6 +77,10 @@ _REGISTRY: dict[str, Callable[[], Task]] = {}
 # kinds whose defining module is imported on first use
 _LAZY: dict[str, str] = {
     "synthetic": "loradyn.synthetic",
+    "sentiment": "loradyn.tasks",
+    "trec6": "loradyn.tasks",
+    "wiki-lm": "loradyn.tasks",
+    "gsm": "loradyn.tasks",
 }
 
 
@@ -90,8 +98,27 @@ def task_kinds() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
 
 
+def _import_env_modules() -> None:
+    for name in filter(None, (m.strip() for m in os.environ.get("LORADYN_TASK_MODULES", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise LoradynError(f"LORADYN_TASK_MODULES names {name!r}, which cannot be imported: {err}") from None
+
+
+def task_module(kind: str) -> str | None:
+    """The module that registers ``kind`` (what a fresh worker process must import), if known."""
+    if kind in _LAZY:
+        return _LAZY[kind]
+    factory = _REGISTRY.get(kind)
+    module = getattr(factory, "__module__", None)
+    return None if module in (None, "__main__") else module
+
+
 def get_task(kind: str) -> Task:
     """The task registered under ``kind``; an unknown kind gives one line listing the valid ones."""
+    if kind not in _REGISTRY and kind not in _LAZY:
+        _import_env_modules()
     if kind not in _REGISTRY and kind in _LAZY:
         try:
             importlib.import_module(_LAZY[kind])

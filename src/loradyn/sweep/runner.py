@@ -1,0 +1,244 @@
+"""``run_sweep``: expand a sweep, claim packs from the store, run them on an executor, record results.
+
+The driver loop: claim a pack of claimable trials (one transaction), submit it to the executor,
+and write each finished pack's results in one transaction. A heartbeat thread renews the leases of
+the trials in flight. When nothing is left to claim but another run still holds some of this
+sweep's trials, the driver waits for them (or for their leases to expire), so the table it returns
+is complete. Interrupting a run (Ctrl-C) hands its unfinished trials back to ``pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import LoradynError
+from .env import environment
+from .executors import EXECUTORS, PackJob, PackOutcome, make_executor
+from .progress import Progress
+from .protocol import get_task, task_module
+from .spec import SweepSpec, expand, plan_packs, resolve_sweep
+from .store import FINISHED, Claim, SweepStore, new_owner
+
+__all__ = ["run_sweep"]
+
+POLL_SECONDS = 0.25
+
+
+def lease_seconds() -> float:
+    """Lease length (seconds): ``LORADYN_LEASE_SECONDS`` or 60. Heartbeats renew it every quarter."""
+    try:
+        value = float(os.environ.get("LORADYN_LEASE_SECONDS", "60"))
+    except ValueError:
+        raise LoradynError("LORADYN_LEASE_SECONDS must be a number of seconds") from None
+    if not value > 0:
+        raise LoradynError("LORADYN_LEASE_SECONDS must be > 0")
+    return value
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, store: SweepStore, owner: str, lease: float) -> None:
+        super().__init__(name="loradyn-heartbeat", daemon=True)
+        self._store, self._owner, self._lease = store.reader(), owner, lease
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._halt.wait(self._lease / 4):
+                try:
+                    self._store.renew(self._owner, self._lease)
+                except sqlite3.Error:
+                    pass  # busy or locked: the next beat retries well within the lease
+        finally:
+            self._store.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _results(claim: Claim, outcome: PackOutcome, metric: str | None) -> list[dict[str, Any]]:
+    """Per-trial rows for the store from a pack outcome (whole-pack errors -> ``failed``)."""
+    n = len(claim.trial_ids)
+    if outcome.results is None:
+        return [
+            {"trial_id": tid, "status": "failed", "metrics": {}, "error": outcome.error,
+             "seconds": outcome.seconds / n}
+            for tid in claim.trial_ids
+        ]
+    rows = []
+    for tid, res in zip(claim.trial_ids, outcome.results):
+        status = getattr(res, "status", None)
+        metrics = dict(getattr(res, "metrics", None) or {})
+        error = getattr(res, "error", None)
+        if status not in FINISHED:
+            status, error = "failed", f"task returned status {status!r}; expected done, diverged or failed"
+        checked = [metric] if metric and metric in metrics else list(metrics)
+        bad = [k for k in checked if isinstance(metrics[k], float) and not math.isfinite(metrics[k])]
+        if status == "done" and bad:
+            status, error = "diverged", f"non-finite {bad[0]} = {metrics[bad[0]]}"
+        if error is not None:
+            error = " ".join(str(error).split())[:500]
+        rows.append({
+            "trial_id": tid, "status": status, "metrics": metrics, "error": error,
+            "seconds": getattr(res, "seconds", 0.0) or outcome.seconds / n,
+            "curves": list(getattr(res, "curves", None) or ()),
+            "probes": list(getattr(res, "probes", None) or ()),
+        })
+    return rows
+
+
+def _check_workers(executor: str, workers: int | None) -> None:
+    if executor not in EXECUTORS:
+        raise LoradynError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise LoradynError(f"workers must be an integer >= 1, got {workers!r}")
+
+
+def run_sweep(
+    spec: SweepSpec | Mapping[str, Any] | str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    executor: str = "process",
+    workers: int | None = None,
+    quiet: bool = False,
+    ray_address: str | None = None,
+    retry_failed: bool = False,
+):
+    """Run (or resume) a sweep into the directory ``out``; returns its results table.
+
+    Args:
+        spec: a YAML path, a plain dict or a :class:`SweepSpec` (see :mod:`loradyn.sweep.spec`).
+        out: the sweep directory (created if needed): ``spec.yaml``, ``env.json``, ``sweep.db``.
+        overrides: dotted ``key=value`` strings applied to ``base`` (or replacing a grid axis).
+        executor: ``serial``, ``process`` (worker processes) or ``ray``.
+        workers: parallel packs (default: the CPU count, at most the number of packs).
+        quiet: no progress output.
+        ray_address: the Ray cluster to connect to (``executor="ray"``); default: a local instance.
+        retry_failed: run trials that previously ``failed`` again.
+
+    Returns:
+        A DataFrame, one row per trial of this sweep in expansion order: ``trial_id``, the
+        flattened configuration (``task.width``, ``lora.init``, ``optim.lr_a``, ...), ``seed``,
+        ``status``, metric columns, ``error``, ``seconds``. Finished trials found in the store
+        are not re-run. ``df.attrs["out"]`` is the sweep directory.
+
+    Raises:
+        LoradynError: bad spec, overrides, executor or workers (one line).
+    """
+    _check_workers(executor, workers)
+    sweep = resolve_sweep(spec, overrides)
+    task = get_task(sweep.kind)
+    trials = expand(sweep, task)
+    packs = plan_packs(task, trials)
+    pack_of = {t.trial_id: p.pack_id for p in packs for t in p.trials}
+    ids = [t.trial_id for t in trials]
+
+    out = Path(out)
+    store = SweepStore.create(out)
+    try:
+        previous = store.get_meta("name")
+        if previous is not None and previous != sweep.name:
+            raise LoradynError(
+                f"{str(out)!r} holds sweep {previous!r}, not {sweep.name!r}; choose another --out"
+            )
+        store.set_meta("name", sweep.name)
+        _write_atomic(out / "spec.yaml", f"# loradyn sweep {out / 'spec.yaml'} --out {out}\n"
+                      f"# {len(trials)} trials in {len(packs)} packs\n"
+                      + yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+        store.add_trials((t.trial_id, pack_of[t.trial_id], t.data) for t in trials)
+        if retry_failed:
+            store.reset_failed(ids)
+        statuses = store.statuses(ids)
+        todo_packs = {pack_of[t] for t, s in statuses.items() if s not in FINISHED}
+        n_workers = workers or (1 if executor == "serial" else max(1, min(os.cpu_count() or 1, len(todo_packs))))
+        env = environment(executor, n_workers)
+        _write_atomic(out / "env.json", json.dumps(env, indent=2, default=str) + "\n")
+        if todo_packs:
+            configs = {t.trial_id: t.config for t in trials}
+            _drive(store, sweep, configs, ids, statuses, executor,
+                   n_workers if executor != "ray" else workers, ray_address, quiet, env)
+        df = store.results(ids)
+    finally:
+        store.close()
+    df.attrs["out"] = str(out)
+    df.attrs["name"] = sweep.name
+    return df
+
+
+def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: list[str], statuses: dict[str, str],
+           executor_name: str, workers: int | None, ray_address: str | None, quiet: bool,
+           env: dict[str, Any]) -> None:
+    lease = lease_seconds()
+    owner = new_owner()
+    wanted = set(ids)
+    module = task_module(sweep.kind)
+    counts = Counter(s for s in statuses.values() if s in FINISHED)
+    progress = Progress(sweep.name, len(ids), sum(counts.values()), quiet=quiet)
+    store.begin_run(owner, executor_name, workers or 0, env)
+    heartbeat = _Heartbeat(store, owner, lease)
+    heartbeat.start()
+    executor = None
+    clean = False
+    try:
+        if executor_name == "ray":
+            from .ray_backend import RayExecutor
+
+            executor = RayExecutor(workers, ray_address, quiet=quiet)
+        else:
+            executor = make_executor(executor_name, workers or 1)
+        in_flight: dict[Any, Claim] = {}
+        while True:
+            while len(in_flight) < executor.capacity:
+                claim = store.claim(owner, wanted, lease)
+                if claim is None:
+                    break
+                job = PackJob(claim.pack, sweep.kind, module,
+                              tuple(configs[tid] for tid in claim.trial_ids), tuple(sys.path))
+                in_flight[executor.submit(job)] = claim
+            if not in_flight:
+                now = store.statuses(ids)
+                if all(s in FINISHED for s in now.values()):
+                    break
+                _refresh(progress, now)
+                time.sleep(POLL_SECONDS)  # another run holds trials of this sweep: wait for it
+                continue
+            for handle, outcome in executor.wait(list(in_flight), timeout=POLL_SECONDS * 4):
+                claim = in_flight.pop(handle)
+                store.complete(owner, owner, _results(claim, outcome, sweep.metric))
+                _refresh(progress, store.statuses(ids))
+        clean = True
+    finally:
+        if executor is not None:
+            executor.close(wait=clean)
+        heartbeat.stop()
+        if not clean:
+            try:
+                store.release(owner)
+            except sqlite3.Error:
+                pass  # the lease will expire
+        store.end_run(owner)
+        progress.close()
+
+
+def _refresh(progress: Progress, statuses: dict[str, str]) -> None:
+    counts = Counter(s for s in statuses.values() if s in FINISHED)
+    progress.update(sum(counts.values()), {k: counts.get(k, 0) for k in FINISHED})

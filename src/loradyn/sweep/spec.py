@@ -1,0 +1,314 @@
+"""Sweep specs: a base trial configuration, a grid over dotted keys, seeds; deterministic expansion.
+
+A sweep YAML file looks like::
+
+    name: width-lr
+    base:                       # one full trial configuration, minus the seed
+      task: {kind: synthetic, width: 128}
+      lora: {rank: 4, init: A}
+      optim: {lr_a: 1.0e-3, lr_ratio: 1.0}
+    grid:                       # cross product, in this order (the last key varies fastest)
+      lora.init: [A, B]
+      task.width: [128, 512]
+      optim.lr_a: {log2: [-12, -4, 0.5]}   # 2^-12, 2^-11.5, ..., 2^-4
+    seeds: [0, 1, 2]            # or an integer n: seeds 0 .. n-1
+    metric: final_train_loss    # optional: the metric the report ranks by
+    mode: min                   # optional: min or max
+
+Each trial is ``base`` with the grid point and the seed set, validated by the task's own spec
+class (unknown keys and ill-typed values are rejected with one line). Its id is a content hash of
+the resolved configuration (defaults filled in), so it is stable across processes and runs, and a
+re-run finds the trials it already finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import SpecError
+from ..specs import load_yaml, parse_override_value, spec_from_dict, spec_to_dict
+from .protocol import Task, get_task
+
+__all__ = [
+    "Pack",
+    "SweepSpec",
+    "Trial",
+    "config_id",
+    "expand",
+    "flatten",
+    "log2_grid",
+    "plan_packs",
+    "resolve_sweep",
+]
+
+_TOP_KEYS = ("name", "seeds", "metric", "mode")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: ``base`` configuration, ``grid`` of dotted keys -> value lists, ``seeds``.
+
+    Attributes:
+        name: the sweep's name (defaults to the YAML file's stem).
+        base: a full trial configuration without ``seed``; ``base["task"]["kind"]`` names the task.
+        grid: dotted key -> list of values (already expanded: no ``log2`` shorthand left).
+        seeds: the seeds every grid point runs with.
+        metric: the metric that reports rank trials by (``None``: the task's first metric).
+        mode: ``min`` or ``max`` for ``metric``.
+    """
+
+    name: str = "sweep"
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    metric: str | None = None
+    mode: Literal["min", "max"] = "min"
+
+    @property
+    def kind(self) -> str:
+        return self.base["task"]["kind"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base": copy.deepcopy(self.base),
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "seeds": list(self.seeds),
+            "metric": self.metric,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One resolved trial: its position in the expansion, id, validated config and plain data."""
+
+    idx: int
+    trial_id: str
+    config: Any
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Trials that a task trains together (same ``pack_key``, at most ``max_pack_size``)."""
+
+    pack_id: str
+    trials: tuple[Trial, ...]
+
+
+def log2_grid(lo: float, hi: float, step: float = 0.5) -> list[float]:
+    """``[2**lo, 2**(lo+step), ..., 2**hi]`` (inclusive; exponents rounded to 1e-9)."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi, step)):
+        raise SpecError(f"log2 grid needs three numbers [lo, hi, step], got {[lo, hi, step]!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or step <= 0 or hi < lo:
+        raise SpecError(f"log2 grid [lo, hi, step] needs lo <= hi and step > 0, got {[lo, hi, step]!r}")
+    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+    if n > 10_000:
+        raise SpecError(f"log2 grid {[lo, hi, step]!r} has {n} points; use a larger step")
+    return [2.0 ** round(lo + i * step, 9) for i in range(n)]
+
+
+def _axis_values(key: str, value: Any) -> list[Any]:
+    """The values of one grid axis: a non-empty list, or ``{log2: [lo, hi, step]}``."""
+    if isinstance(value, Mapping):
+        if set(value) != {"log2"}:
+            raise SpecError(
+                f"grid.{key}: a mapping must be {{log2: [lo, hi, step]}}, got keys {sorted(value)}"
+            )
+        spec = value["log2"]
+        if not isinstance(spec, (list, tuple)) or len(spec) not in (2, 3):
+            raise SpecError(f"grid.{key}: log2 needs [lo, hi] or [lo, hi, step], got {spec!r}")
+        try:
+            return log2_grid(*spec)
+        except SpecError as err:
+            raise SpecError(f"grid.{key}: {err}") from None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise SpecError(f"grid.{key} is an empty list; give at least one value")
+        return list(value)
+    raise SpecError(f"grid.{key}: expected a list of values or {{log2: [lo, hi, step]}}, got {value!r}")
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise SpecError(f"seeds: an integer means 'this many seeds' and must be >= 1, got {value}")
+        return tuple(range(value))
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(f"seeds must be a non-empty list of integers (or a count), got {value!r}")
+    out = []
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise SpecError(f"seeds: expected integers, got {s!r}")
+        out.append(s)
+    if len(set(out)) != len(out):
+        raise SpecError(f"seeds has duplicates: {list(value)!r}")
+    return tuple(out)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise SpecError(f"{where}: {key!r} is not a dotted key like optim.lr_a")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise SpecError(f"{where}: {key!r}: {part!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def resolve_sweep(
+    spec: SweepSpec | Mapping[str, Any] | str | Path, overrides: Sequence[str] = ()
+) -> SweepSpec:
+    """Load a sweep (YAML path, plain dict or :class:`SweepSpec`) and apply dotted overrides.
+
+    Overrides are ``key=value`` strings. ``name``, ``seeds``, ``metric`` and ``mode`` set the
+    sweep's own fields; any other key is relative to ``base`` (a leading ``base.`` is allowed).
+    A key that is a grid axis replaces that axis (a scalar makes it a one-value axis).
+
+    Raises:
+        SpecError: malformed input, with one line naming the key and the fix.
+    """
+    default_name = "sweep"
+    if isinstance(spec, SweepSpec):
+        data = spec.to_dict()
+    elif isinstance(spec, Mapping):
+        data = copy.deepcopy(dict(spec))
+    elif isinstance(spec, (str, Path)):
+        data = load_yaml(spec)
+        default_name = Path(spec).stem
+        if data is None:
+            raise SpecError(f"sweep spec {str(spec)!r} is empty; it needs base, grid and seeds")
+    else:
+        raise SpecError(f"a sweep spec is a YAML path, a mapping or a SweepSpec, not {type(spec).__name__}")
+    if not isinstance(data, Mapping):
+        raise SpecError(f"a sweep spec must be a YAML mapping (name, base, grid, seeds), not {type(data).__name__}")
+    valid = ("name", "base", "grid", "seeds", "metric", "mode")
+    for key in data:
+        if key not in valid:
+            raise SpecError(f"unknown key {key!s} in sweep spec; valid keys: {', '.join(valid)}")
+    base = data.get("base")
+    if not isinstance(base, Mapping):
+        raise SpecError("sweep spec needs a 'base' mapping (a full trial configuration with task.kind)")
+    base = copy.deepcopy(dict(base))
+    grid = data.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise SpecError(f"grid must be a mapping of dotted keys to value lists, got {grid!r}")
+    grid = {str(k): v for k, v in grid.items()}
+    top = {k: data.get(k) for k in _TOP_KEYS if data.get(k) is not None}
+
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise SpecError(f"override {item!r} is not of the form key=value (e.g. optim.lr_a=1e-3)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        value = parse_override_value(raw)
+        if key in _TOP_KEYS:
+            top[key] = value
+            continue
+        key = key.removeprefix("base.")
+        if key in grid:
+            grid[key] = value if isinstance(value, (list, tuple, Mapping)) else [value]
+        else:
+            _set_dotted(base, key, value, "override")
+
+    task = base.get("task")
+    if not isinstance(task, Mapping) or not isinstance(task.get("kind"), str):
+        raise SpecError("base.task.kind is required: it names the task (e.g. task: {kind: synthetic})")
+    expanded = {}
+    for key, value in grid.items():
+        if key == "seed":
+            raise SpecError("grid.seed: use the top-level 'seeds' list for seeds")
+        if key.split(".")[0] == "task" and key.endswith(".kind"):
+            raise SpecError("grid.task.kind: one sweep runs one task; write one sweep per task")
+        expanded[key] = _axis_values(key, value)
+    name = top.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"name must be a non-empty string, got {name!r}")
+    mode = top.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise SpecError(f"mode must be 'min' or 'max', got {mode!r}")
+    metric = top.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise SpecError(f"metric must be a metric name, got {metric!r}")
+    return SweepSpec(
+        name=name, base=base, grid=expanded, seeds=_seeds(top.get("seeds", [0])), metric=metric, mode=mode
+    )
+
+
+def config_id(data: Any, kind: str | None = None) -> str:
+    """Content hash (16 hex digits) of a resolved trial configuration (spec instance or plain dict)."""
+    plain = spec_to_dict(data)
+    if kind is None:
+        kind = plain.get("task", {}).get("kind") if isinstance(plain, Mapping) else None
+    text = json.dumps({"kind": kind, "config": plain}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def expand(spec: SweepSpec, task: Task | None = None) -> list[Trial]:
+    """All trials of ``spec`` in a deterministic order: grid product (last key fastest), then seeds.
+
+    Every trial is validated with ``spec_from_dict(task.spec_cls, ...)``; duplicates (equal
+    resolved configurations) are kept once.
+    """
+    task = task if task is not None else get_task(spec.kind)
+    keys = list(spec.grid)
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for point in itertools.product(*(spec.grid[k] for k in keys)):
+        for seed in spec.seeds:
+            data = copy.deepcopy(spec.base)
+            for key, value in zip(keys, point):
+                _set_dotted(data, key, copy.deepcopy(value), f"grid.{key}")
+            data["seed"] = seed
+            config = spec_from_dict(task.spec_cls, data)
+            resolved = spec_to_dict(config)
+            tid = config_id(resolved, spec.kind)
+            if tid in seen:
+                continue
+            seen.add(tid)
+            trials.append(Trial(idx=len(trials), trial_id=tid, config=config, data=resolved))
+    return trials
+
+
+def plan_packs(task: Task, trials: Sequence[Trial]) -> list[Pack]:
+    """Group trials by ``task.pack_key`` (first-appearance order) and chunk by ``max_pack_size``."""
+    groups: dict[Any, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(task.pack_key(trial.config), []).append(trial)
+    packs = []
+    for members in groups.values():
+        size = int(task.max_pack_size(members[0].config))
+        if size < 1:
+            raise SpecError(f"task {type(task).__name__}.max_pack_size returned {size}; it must be >= 1")
+        for start in range(0, len(members), size):
+            chunk = tuple(members[start : start + size])
+            digest = hashlib.sha256(",".join(t.trial_id for t in chunk).encode()).hexdigest()[:16]
+            packs.append(Pack(pack_id=digest, trials=chunk))
+    return packs
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr_a": 1}}`` -> ``{"optim.lr_a": 1}`` (lists become tuples)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = tuple(value)
+        else:
+            out[name] = value
+    return out
+

@@ -1,0 +1,446 @@
+"""The sweep store: one SQLite database (standard library, WAL mode) per sweep directory.
+
+Layout of a sweep directory::
+
+    DIR/spec.yaml      the resolved sweep spec (after overrides; grids expanded)
+    DIR/env.json       the environment of the latest run (every run's is in the ``runs`` table)
+    DIR/sweep.db       SQLite: tables trials, curves, probes, runs, meta
+
+``trials`` has one row per trial: ``trial_id`` (content hash), ``idx`` (expansion order), ``pack``,
+``config`` (JSON), ``status`` (``pending|running|done|diverged|failed``), ``metrics`` (JSON),
+``error``, ``seconds`` (compute time), ``attempts``, ``lease_owner``/``lease_expires`` (the claim),
+``started_at``/``finished_at`` and ``run_id`` (the run that finished it).
+
+Concurrency and crashes:
+
+* A run *claims* a pack of pending trials in one ``BEGIN IMMEDIATE`` transaction, marking them
+  ``running`` under a lease (owner id + expiry). Its heartbeat renews the lease. A running trial
+  can be claimed again only when its lease has expired or its owner is a dead process on this
+  host, so two runs on one store never run the same trial twice.
+* A pack's results (status, metrics, curves, probes) are written in one transaction, and only if
+  the writer still holds the lease. ``kill -9`` at any moment therefore loses at most the trials
+  in flight, and SQLite's journal keeps the file consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoradynError
+
+__all__ = [
+    "DB_NAME",
+    "Claim",
+    "SweepStore",
+    "find_stores",
+    "load_curves",
+    "load_probes",
+    "load_results",
+    "new_owner",
+]
+
+DB_NAME = "sweep.db"
+FINISHED = ("done", "diverged", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, executor TEXT, workers INTEGER, env TEXT
+);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    pack TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'diverged', 'failed')),
+    metrics TEXT,
+    error TEXT,
+    seconds REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL,
+    started_at REAL,
+    finished_at REAL,
+    run_id TEXT
+);
+CREATE INDEX IF NOT EXISTS trials_status ON trials (status, idx);
+CREATE TABLE IF NOT EXISTS curves (
+    trial_id TEXT NOT NULL, step INTEGER, metric TEXT, value REAL
+);
+CREATE INDEX IF NOT EXISTS curves_trial ON curves (trial_id);
+CREATE TABLE IF NOT EXISTS probes (
+    trial_id TEXT NOT NULL, step INTEGER, module TEXT, feature TEXT, stat TEXT, value REAL
+);
+CREATE INDEX IF NOT EXISTS probes_trial ON probes (trial_id);
+"""
+
+# owners created by this interpreter that are still running (see _owner_alive)
+_LIVE_OWNERS: set[str] = set()
+
+
+def new_owner() -> str:
+    """A fresh lease-owner id ``host:pid:token`` for one run."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    _LIVE_OWNERS.add(owner)
+    return owner
+
+
+def _owner_alive(owner: str) -> bool:
+    """False only when ``owner`` is certainly dead: a process of this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another machine: trust the lease expiry
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner in _LIVE_OWNERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Trials of one pack that a run now holds: ids and their config JSON, in expansion order."""
+
+    pack: str
+    trial_ids: tuple[str, ...]
+    configs: tuple[dict[str, Any], ...]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 60000")
+    return conn
+
+
+class SweepStore:
+    """A sweep directory's SQLite database. Open with :meth:`create` (writers) or :meth:`open`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def create(cls, directory: str | Path) -> SweepStore:
+        """Open (creating if needed) the store in ``directory``."""
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise LoradynError(f"--out {str(directory)!r} exists and is not a directory") from None
+        conn = _connect(directory / DB_NAME)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
+        return cls(directory / DB_NAME, conn)
+
+    @classmethod
+    def open(cls, directory: str | Path) -> SweepStore:
+        """Open an existing store; one line naming the directory if there is none."""
+        directory = Path(directory)
+        path = directory / DB_NAME
+        if not path.is_file():
+            if not directory.exists():
+                raise LoradynError(f"{str(directory)!r} does not exist")
+            raise LoradynError(f"no sweep store in {str(directory)!r} (expected {DB_NAME}; run loradyn sweep first)")
+        return cls(path, _connect(path))
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def reader(self) -> SweepStore:
+        """A second connection to the same database (for another thread)."""
+        return SweepStore(self.path, _connect(self.path))
+
+    # ---- metadata ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def begin_run(self, run_id: str, executor: str, workers: int, env: dict[str, Any]) -> None:
+        self._conn.execute(
+            "INSERT INTO runs (run_id, started, executor, workers, env) VALUES (?, ?, ?, ?, ?)",
+            (run_id, time.time(), executor, workers, json.dumps(env, default=str)),
+        )
+
+    def end_run(self, run_id: str) -> None:
+        self._conn.execute("UPDATE runs SET finished = ? WHERE run_id = ?", (time.time(), run_id))
+
+    # ---- trials -----------------------------------------------------------------------------
+    def add_trials(self, rows: Iterable[tuple[str, str, dict[str, Any]]]) -> int:
+        """Insert ``(trial_id, pack, config)`` rows not yet present; returns how many were new."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            start = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM trials").fetchone()[0]
+            before = conn.total_changes
+            for i, (tid, pack, config) in enumerate(rows):
+                conn.execute(
+                    "INSERT OR IGNORE INTO trials (trial_id, idx, pack, config) VALUES (?, ?, ?, ?)",
+                    (tid, start + i, pack, json.dumps(config)),
+                )
+            added = conn.total_changes - before
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def reset_failed(self, trial_ids: Sequence[str]) -> int:
+        """Put ``failed`` trials among ``trial_ids`` back to ``pending`` (``--retry-failed``)."""
+        wanted = set(trial_ids)
+        ids = [r[0] for r in self._conn.execute("SELECT trial_id FROM trials WHERE status = 'failed'") if r[0] in wanted]
+        self._conn.execute("BEGIN IMMEDIATE")
+        for tid in ids:
+            self._conn.execute(
+                "UPDATE trials SET status = 'pending', error = NULL, metrics = NULL WHERE trial_id = ? AND status = 'failed'",
+                (tid,),
+            )
+        self._conn.execute("COMMIT")
+        return len(ids)
+
+    def statuses(self, trial_ids: Iterable[str] | None = None) -> dict[str, str]:
+        rows = self._conn.execute("SELECT trial_id, status FROM trials").fetchall()
+        if trial_ids is None:
+            return dict(rows)
+        wanted = set(trial_ids)
+        return {tid: status for tid, status in rows if tid in wanted}
+
+    def claim(self, owner: str, trial_ids: set[str], lease_seconds: float) -> Claim | None:
+        """Atomically take the next pack with claimable trials among ``trial_ids`` (or None).
+
+        Claimable: ``pending``, or ``running`` with an expired lease or a dead owner.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            rows = conn.execute(
+                "SELECT trial_id, pack, config, status, lease_owner, lease_expires FROM trials "
+                "WHERE status IN ('pending', 'running') ORDER BY idx"
+            ).fetchall()
+            alive: dict[str, bool] = {}
+
+            def claimable(status: str, owner_: str | None, expires: float | None) -> bool:
+                if status == "pending":
+                    return True
+                if owner_ is None or expires is None or expires < now:
+                    return True
+                if owner_ not in alive:
+                    alive[owner_] = _owner_alive(owner_)
+                return not alive[owner_]
+
+            chosen = [r for r in rows if r[0] in trial_ids and claimable(r[3], r[4], r[5])]
+            if not chosen:
+                conn.execute("COMMIT")
+                return None
+            pack = chosen[0][1]
+            chosen = [r for r in chosen if r[1] == pack]
+            for r in chosen:
+                conn.execute(
+                    "UPDATE trials SET status = 'running', lease_owner = ?, lease_expires = ?, "
+                    "attempts = attempts + 1, started_at = ? WHERE trial_id = ?",
+                    (owner, now + lease_seconds, now, r[0]),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Claim(pack, tuple(r[0] for r in chosen), tuple(json.loads(r[2]) for r in chosen))
+
+    def renew(self, owner: str, lease_seconds: float) -> None:
+        """Heartbeat: extend the lease of every trial ``owner`` is running."""
+        self._conn.execute(
+            "UPDATE trials SET lease_expires = ? WHERE lease_owner = ? AND status = 'running'",
+            (time.time() + lease_seconds, owner),
+        )
+
+    def release(self, owner: str) -> None:
+        """Give back trials ``owner`` claimed but did not finish (interrupted run)."""
+        self._conn.execute(
+            "UPDATE trials SET status = 'pending', lease_owner = NULL, lease_expires = NULL "
+            "WHERE lease_owner = ? AND status = 'running'",
+            (owner,),
+        )
+
+    def complete(self, owner: str, run_id: str, results: Sequence[dict[str, Any]]) -> int:
+        """Write finished trials in one transaction; skips trials whose lease ``owner`` lost.
+
+        Each result: ``trial_id, status, metrics, error, seconds, curves, probes``.
+        Returns the number of trials written.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            written = 0
+            now = time.time()
+            for res in results:
+                cur = conn.execute(
+                    "UPDATE trials SET status = ?, metrics = ?, error = ?, seconds = ?, finished_at = ?, "
+                    "run_id = ?, lease_owner = NULL, lease_expires = NULL "
+                    "WHERE trial_id = ? AND lease_owner = ? AND status = 'running'",
+                    (
+                        res["status"],
+                        json.dumps(res["metrics"], sort_keys=True, default=str),
+                        res.get("error"),
+                        res.get("seconds"),
+                        now,
+                        run_id,
+                        res["trial_id"],
+                        owner,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    continue
+                written += 1
+                tid = res["trial_id"]
+                conn.execute("DELETE FROM curves WHERE trial_id = ?", (tid,))
+                conn.execute("DELETE FROM probes WHERE trial_id = ?", (tid,))
+                if res.get("curves"):
+                    conn.executemany(
+                        "INSERT INTO curves (trial_id, step, metric, value) VALUES (?, ?, ?, ?)",
+                        [(tid, c.get("step"), c.get("metric"), c.get("value")) for c in res["curves"]],
+                    )
+                if res.get("probes"):
+                    conn.executemany(
+                        "INSERT INTO probes (trial_id, step, module, feature, stat, value) VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (tid, p.get("step"), p.get("module"), p.get("feature"), p.get("stat"), p.get("value"))
+                            for p in res["probes"]
+                        ],
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return written
+
+    # ---- reading ----------------------------------------------------------------------------
+    def results(self, trial_ids: Sequence[str] | None = None):
+        """One row per trial (expansion order): ``trial_id``, config columns, ``seed``, ``status``,
+        metric columns, ``error``, ``seconds``."""
+        import pandas as pd
+
+        from .spec import flatten
+
+        rows = self._conn.execute(
+            "SELECT trial_id, config, status, metrics, error, seconds FROM trials ORDER BY idx"
+        ).fetchall()
+        if trial_ids is not None:
+            order = {tid: i for i, tid in enumerate(trial_ids)}
+            rows = sorted((r for r in rows if r[0] in order), key=lambda r: order[r[0]])
+        records, config_cols, metric_cols = [], {}, {}
+        for tid, config, status, metrics, error, seconds in rows:
+            flat = flatten(json.loads(config))
+            seed = flat.pop("seed", None)
+            if "optim.lr_a" in flat and "optim.lr_ratio" in flat and "optim.lr_b" not in flat:
+                try:
+                    flat["optim.lr_b"] = flat["optim.lr_a"] * flat["optim.lr_ratio"]
+                except TypeError:
+                    pass
+            values = json.loads(metrics) if metrics else {}
+            config_cols.update(dict.fromkeys(flat))
+            metric_cols.update(dict.fromkeys(values))
+            records.append({"trial_id": tid, **flat, "seed": seed, "status": status, **values,
+                            "error": error, "seconds": seconds})
+        reserved = {"trial_id", "seed", "status", "error", "seconds"}
+        columns = ["trial_id", *config_cols, "seed", "status",
+                   *[m for m in metric_cols if m not in reserved and m not in config_cols], "error", "seconds"]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+    def table(self, name: str):
+        import pandas as pd
+
+        columns = {"curves": ["trial_id", "step", "metric", "value"],
+                   "probes": ["trial_id", "step", "module", "feature", "stat", "value"]}[name]
+        rows = self._conn.execute(f"SELECT {', '.join(columns)} FROM {name} ORDER BY rowid").fetchall()
+        return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def find_stores(directory: str | Path) -> list[Path]:
+    """Sweep directories at or below ``directory`` (itself first if it holds a store)."""
+    directory = Path(directory)
+    if (directory / DB_NAME).is_file():
+        return [directory]
+    if not directory.is_dir():
+        raise LoradynError(f"{str(directory)!r} does not exist or is not a directory")
+    found = sorted(p.parent for p in directory.rglob(DB_NAME))
+    if not found:
+        raise LoradynError(f"no sweep store in {str(directory)!r} or below (expected {DB_NAME}; run loradyn sweep first)")
+    return found
+
+
+def _load(directory: str | Path, what: str, with_config: bool = True):
+    import pandas as pd
+
+    frames = []
+    stores = find_stores(directory)
+    for sweep_dir in stores:
+        store = SweepStore.open(sweep_dir)
+        try:
+            results = store.results()
+            frame = results if what == "results" else store.table(what)
+            if what != "results" and with_config:
+                keep = list(results.columns[: list(results.columns).index("seed") + 1])
+                frame = frame.merge(results[keep], on="trial_id", how="left")
+        finally:
+            store.close()
+        if len(stores) > 1 or Path(directory) != sweep_dir:
+            frame.insert(0, "sweep", str(sweep_dir.relative_to(directory)) or ".")
+        frames.append(frame)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def load_results(directory: str | Path):
+    """The results table of the sweep in ``directory`` (one row per trial), as a DataFrame.
+
+    Columns: ``trial_id``, the flattened configuration (``task.width``, ``lora.init``,
+    ``optim.lr_a``, ... and the derived ``optim.lr_b``), ``seed``, ``status``, the metrics,
+    ``error``, ``seconds``. If ``directory`` holds no store but has sweep directories below it
+    (``loradyn reproduce all``), their tables are concatenated with a leading ``sweep`` column.
+
+    Raises:
+        LoradynError: no sweep store at or below ``directory``.
+    """
+    return _load(directory, "results")
+
+
+def load_curves(directory: str | Path, *, with_config: bool = True):
+    """Curve records (``trial_id, step, metric, value``), joined with each trial's configuration."""
+    return _load(directory, "curves", with_config)
+
+
+def load_probes(directory: str | Path, *, with_config: bool = True):
+    """Probe records (``trial_id, step, module, feature, stat, value``), joined with the configuration."""
+    return _load(directory, "probes", with_config)

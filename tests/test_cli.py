@@ -1,0 +1,176 @@
+"""The ``loradyn`` CLI, called in process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pandas as pd
+import pytest
+import yaml
+
+import sweep_toy
+from loradyn.cli import main
+from loradyn.scaling import suggest_lr
+from loradyn.sweep import run_sweep
+
+VERBS = ["sweep", "reproduce", "results", "report", "validate", "suggest-lr", "demo"]
+
+
+@pytest.fixture
+def spec_path(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(sweep_toy.toy_sweep()))
+    return path
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_help_per_verb(verb, capsys):
+    assert main([verb, "--help"]) == 0
+    assert f"usage: loradyn {verb}" in capsys.readouterr().out
+
+
+def test_top_level_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(v in out for v in VERBS)
+    assert main(["--version"]) == 0
+    assert "loradyn" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_validate_prints_resolved_spec_and_count(spec_path, tmp_path, capsys):
+    assert main(["validate", str(spec_path), "task.width=16", "seeds=3"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out)
+    assert resolved["base"]["task"]["width"] == 16 and resolved["seeds"] == [0, 1, 2]
+    assert "# valid: 24 trials in 6 packs (task 'toy'); nothing written" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.yaml"]
+
+
+def test_sweep_then_results_in_every_format(spec_path, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main(["sweep", str(spec_path), "--out", str(out_dir), "--executor", "serial", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep toy: 16 trials (16 done)" in out and f"wrote {out_dir / 'sweep.db'}" in out
+
+    assert main(["results", str(out_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "lora.init" in table and "final_loss" in table and "task.kind" not in table  # varying columns only
+
+    assert main(["results", str(out_dir), "--format", "csv"]) == 0
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(capsys.readouterr().out))
+    assert len(df) == 16 and "optim.lr_a" in df.columns
+
+    target = tmp_path / "r.csv"
+    assert main(["results", str(out_dir), "--format", "csv", "--output", str(target)]) == 0
+    assert pd.read_csv(target).shape[0] == 16 and f"wrote {target}" in capsys.readouterr().err
+
+
+def test_results_parquet(spec_path, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    run_sweep(spec_path, out_dir, executor="serial", quiet=True)
+    code = main(["results", str(out_dir), "--format", "parquet", "--output", str(tmp_path / "r.parquet")])
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.strip() == "loradyn: error: --format parquet needs pyarrow: pip install pyarrow"
+    else:
+        assert code == 0 and pd.read_parquet(tmp_path / "r.parquet").shape[0] == 16
+
+
+def test_sweep_with_failed_trials_exits_1(spec_path, tmp_path, capsys):
+    code = main(["sweep", str(spec_path), "task.fail_lr_above=0.01", "--out", str(tmp_path / "o"),
+                 "--executor", "serial", "--quiet"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "failed" in captured.out and "toy trial refused" in captured.err
+
+
+def test_report_verb(spec_path, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    run_sweep(spec_path, out_dir, executor="serial", quiet=True)
+    assert main(["report", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {out_dir / 'report.html'}" in out and (out_dir / "report.md").is_file()
+
+
+def test_suggest_lr(capsys):
+    assert main(["suggest-lr", "--lr", "1e-3", "--width", "1024", "4096", "--rank", "8", "16",
+                 "--init", "A", "--alpha-rule", "alpha/r", "--lr-ratio", "16"]) == 0
+    out = capsys.readouterr().out
+    expected = suggest_lr(1e-3, width=(1024, 4096), rank=(8, 16), init="A", alpha_rule="alpha/r")
+    assert f"lr = {expected:.6g}" in out and "lr_ratio = 64" in out
+    assert main(["suggest-lr", "--lr", "-1"]) == 2
+    assert main(["suggest-lr", "--lr", "1e-3", "--init", "C"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("loradyn: error: ") for line in err)
+
+
+@pytest.fixture
+def fake_repro(monkeypatch, tmp_path):
+    """A stand-in for loradyn.repro: runs the toy sweep and returns verdicts."""
+    calls = []
+
+    def reproduce(experiment_id, *, out, quick=False, seeds=None, overrides=(), executor="process",
+                  workers=None, quiet=False):
+        calls.append(dict(experiment_id=experiment_id, out=str(out), quick=quick, seeds=seeds,
+                          overrides=tuple(overrides), executor=executor, workers=workers, quiet=quiet))
+        if experiment_id == "nope":
+            from loradyn.errors import LoradynError
+
+            raise LoradynError("unknown experiment 'nope'; valid: toy-ok, toy-bad, all")
+        run_sweep(sweep_toy.toy_sweep(), f"{out}/toy", executor="serial", quiet=True)
+        holds = experiment_id != "toy-bad"
+        summary = {"verdicts": [{"claim": "c", "expected": "e", "measured": "m", "holds": holds}]}
+        with open(f"{out}/toy/summary.json", "w") as fh:
+            json.dump(summary, fh)
+        return summary
+
+    module = types.ModuleType("loradyn.repro")
+    module.reproduce = reproduce
+    monkeypatch.setitem(sys.modules, "loradyn.repro", module)
+    return calls
+
+
+def test_reproduce_passes_arguments_and_maps_verdicts_to_exit_code(fake_repro, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "toy-ok", "optim.lr_ratio=4", "lora.rank=8", "--quick", "--seeds", "2",
+                 "--executor", "serial", "--workers", "1", "--quiet"]) == 0
+    assert fake_repro[-1] == dict(experiment_id="toy-ok", out="runs/toy-ok", quick=True, seeds=2,
+                                  overrides=("optim.lr_ratio=4", "lora.rank=8"), executor="serial",
+                                  workers=1, quiet=True)
+    assert "1/1 verdicts hold" in capsys.readouterr().out
+    assert main(["reproduce", "toy-bad", "--out", str(tmp_path / "bad"), "--executor", "serial"]) == 1
+    assert main(["reproduce", "nope"]) == 2
+    assert capsys.readouterr().err.strip().startswith("loradyn: error: unknown experiment")
+
+
+def test_demo_reproduces_then_writes_the_report(fake_repro, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--executor", "serial", "--quiet"]) == 0
+    assert fake_repro[-1]["experiment_id"] == "all" and fake_repro[-1]["quick"] is True
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    html = (out / "report.html").read_text()
+    assert "Verdicts" in html and "data:image/png;base64," in html
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "loradyn", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: loradyn" in proc.stdout
+
+
+def test_verdicts_are_counted_once():
+    from loradyn.cli import _verdicts
+
+    v = {"claim": "c", "holds": True}
+    combined = {"experiments": {"a": {"verdicts": [v]}, "b": {"verdicts": [v]}}, "verdicts": [v, v]}
+    assert len(_verdicts(combined)) == 2
+    assert len(_verdicts({"experiments": {"a": {"verdicts": [v]}, "b": {"verdicts": [v, v]}}})) == 3

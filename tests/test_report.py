@@ -1,0 +1,92 @@
+"""``loradyn report``: self-contained HTML + markdown, for one sweep or a parent of several."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sweep_toy
+from loradyn.report import write_report
+from loradyn.sweep import load_results, run_sweep
+from loradyn.sweep.figures import SweepView, optimal_lr_table
+
+pytest.importorskip("matplotlib")
+
+
+def test_optimal_lr_table_seed_mean_argmin():
+    rows = []
+    for init, best in (("A", 2.0**-6), ("B", 2.0**-8)):
+        for lr in 2.0 ** np.arange(-10, -3):
+            for seed in (0, 1):
+                loss = (np.log2(lr) - np.log2(best)) ** 2 + 1 + 0.01 * seed
+                rows.append({"trial_id": f"{init}{lr}{seed}", "lora.init": init, "optim.lr_a": lr, "seed": seed,
+                             "status": "done", "final_loss": loss, "error": None, "seconds": 0.0})
+    view = SweepView.from_results(pd.DataFrame(rows))
+    assert view.lr == "optim.lr_a" and view.series == ["lora.init"] and view.metric == "final_loss"
+    table = optimal_lr_table(view)
+    assert table["lr_grid_opt"].tolist() == [2.0**-6, 2.0**-8]
+    assert table["log2_lr_opt"].tolist() == pytest.approx([-6.0, -8.0], abs=0.05)
+    assert (table["edge"] == "").all()
+    maxed = SweepView.from_results(pd.DataFrame(rows).assign(final_loss=lambda d: -d["final_loss"]), mode="max")
+    assert optimal_lr_table(maxed)["lr_grid_opt"].tolist() == [2.0**-6, 2.0**-8]
+
+
+def _png_names(md: str) -> list[str]:
+    return re.findall(r"\(report_files/([^)]+\.png)\)", md)
+
+
+def test_report_for_one_sweep_with_heatmap_and_probes(tmp_path):
+    spec = sweep_toy.toy_sweep(grid={"lora.init": ["A", "B"], "optim.lr_a": {"log2": [-8, -3, 1]},
+                                     "optim.lr_ratio": [1, 2, 4]})
+    spec["base"]["task"]["probes"] = True
+    run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    paths = write_report(tmp_path)
+    html = paths["html"].read_text()
+    md = paths["md"].read_text()
+    # self-contained: images inline, no external references
+    assert html.count("data:image/png;base64,") == 2  # lr_a x lr_b heatmaps, Z_A/Z_B + loss curve
+    assert not re.search(r"src=['\"](?!data:)", html) and "<link" not in html
+    assert "Best (lr_a, lr_b)" in md and "lr_a x lr_b" in md and "Z_A and Z_B" in md
+    assert "ratio_opt" in md and "loss_diag_opt" in md
+    names = _png_names(md)
+    assert len(names) == 2 and all((tmp_path / "report_files" / n).is_file() for n in names)
+    assert "diverged" in md  # status counts
+    # without an lr_b axis: loss vs lr and the optimal-lr table
+    run_sweep(sweep_toy.toy_sweep(), tmp_path / "plain", executor="serial", quiet=True)
+    plain = write_report(tmp_path / "plain")["md"].read_text()
+    assert "Optimal learning rate" in plain and "lr_grid_opt" in plain and len(_png_names(plain)) == 1
+
+
+def test_report_for_a_parent_of_experiments_with_verdicts(tmp_path):
+    for name in ("exp-a", "exp-b"):
+        exp = tmp_path / name
+        run_sweep(sweep_toy.toy_sweep(name=name), exp / "sweep", executor="serial", quiet=True)
+        verdicts = [{"claim": f"{name} claim", "expected": "slope -0.5", "measured": "-0.48", "holds": True},
+                    {"claim": "second", "expected": "x", "measured": "y", "holds": name == "exp-a"}]
+        (exp / "summary.json").write_text(json.dumps({"verdicts": verdicts}))
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(2, 2))
+        fig.subplots().plot([1, 2], [1, 2])
+        fig.savefig(exp / "figure.png")
+    paths = write_report(tmp_path)
+    md = paths["md"].read_text()
+    assert md.index("## exp-a") < md.index("## exp-b")
+    assert "exp-a claim" in md and "2/2 claims hold" in md and "1/2 claims hold" in md
+    assert "| NO |" in md
+    assert "exp-a_figure.png" in md and "exp-b_figure.png" in md
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 2 * (1 + 1)  # experiment figure + loss vs lr
+    assert load_results(tmp_path)["sweep"].nunique() == 2
+
+
+def test_report_of_a_sweep_with_only_failures(tmp_path):
+    spec = sweep_toy.toy_sweep(grid={"optim.lr_a": [0.5]})
+    spec["base"]["task"]["fail_lr_above"] = 0.1
+    run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    md = write_report(tmp_path)["md"].read_text()
+    assert "Failed trials" in md and "toy trial refused" in md

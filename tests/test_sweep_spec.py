@@ -1,0 +1,140 @@
+"""Sweep specs: expansion order and count, log2 grids, overrides, content-hash trial ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import sweep_toy
+from loradyn.errors import LoradynError
+from loradyn.sweep.protocol import get_task
+from loradyn.sweep.spec import config_id, expand, flatten, log2_grid, plan_packs, resolve_sweep
+
+
+def test_log2_grid_inclusive_and_exact():
+    assert log2_grid(-3, -1, 1) == [0.125, 0.25, 0.5]
+    half = log2_grid(-2, 0, 0.5)
+    assert len(half) == 5 and half[0] == 0.25 and half[-1] == 1.0
+    assert half[1] == 2.0 ** -1.5
+
+
+def test_expansion_order_count_and_values():
+    spec = resolve_sweep(sweep_toy.toy_sweep())
+    trials = expand(spec)
+    assert len(trials) == 2 * 4 * 2
+    # last grid key varies fastest, then seeds
+    got = [(t.config.lora.init, t.config.optim.lr_a, t.config.seed) for t in trials[:5]]
+    assert got == [("A", 2**-8, 0), ("A", 2**-8, 1), ("A", 2**-7, 0), ("A", 2**-7, 1), ("A", 2**-6, 0)]
+    assert [t.idx for t in trials] == list(range(len(trials)))
+    assert len({t.trial_id for t in trials}) == len(trials)
+    # base values survive, defaults are filled in
+    assert all(t.config.task.width == 8 and t.config.lora.rank == 4 for t in trials)
+    assert trials[0].data["optim"]["betas"] == [0.9, 0.999]
+
+
+def test_expansion_is_deterministic_and_deduplicates():
+    a = [t.trial_id for t in expand(resolve_sweep(sweep_toy.toy_sweep()))]
+    b = [t.trial_id for t in expand(resolve_sweep(sweep_toy.toy_sweep()))]
+    assert a == b
+    dup = sweep_toy.toy_sweep(grid={"optim.lr_a": [0.01, 0.01, 1e-2]})
+    assert len(expand(resolve_sweep(dup))) == 2  # one lr x two seeds
+
+
+def test_trial_id_is_content_hash_of_resolved_config():
+    # writing a default explicitly does not change the id; changing a value does
+    s1 = sweep_toy.toy_sweep(grid={})
+    s2 = sweep_toy.toy_sweep(grid={})
+    s2["base"]["optim"]["lr_ratio"] = 1.0
+    s3 = sweep_toy.toy_sweep(grid={})
+    s3["base"]["optim"]["lr_ratio"] = 2.0
+    ids = [[t.trial_id for t in expand(resolve_sweep(s))] for s in (s1, s2, s3)]
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_trial_id_stable_across_processes(tmp_path):
+    spec = resolve_sweep(sweep_toy.toy_sweep())
+    ids = [t.trial_id for t in expand(spec)]
+    code = (
+        "import sys, json, sweep_toy\n"
+        "from loradyn.sweep.spec import expand, resolve_sweep\n"
+        "print(json.dumps([t.trial_id for t in expand(resolve_sweep(sweep_toy.toy_sweep()))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=sweep_toy.subprocess_env(PYTHONHASHSEED="123"),
+                         capture_output=True, text=True, check=True)
+    assert yaml.safe_load(out.stdout) == ids
+    assert config_id(expand(spec)[0].config) == ids[0]
+
+
+def test_overrides_base_grid_and_top_level(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep_toy.toy_sweep()))
+    spec = resolve_sweep(path, ["task.width=16", "optim.lr_a=[0.5, 0.25]", "seeds=3", "lora.init=B"])
+    assert spec.base["task"]["width"] == 16
+    assert spec.grid["optim.lr_a"] == [0.5, 0.25]
+    assert spec.grid["lora.init"] == ["B"]
+    assert spec.seeds == (0, 1, 2)
+    assert spec.name == "toy"
+    trials = expand(spec)
+    assert len(trials) == 2 * 3 and {t.config.task.width for t in trials} == {16}
+    log2 = resolve_sweep(path, ["optim.lr_a={log2: [-2, -1, 1]}"])
+    assert log2.grid["optim.lr_a"] == [0.25, 0.5]
+    assert resolve_sweep(path, ["base.lora.rank=8"]).base["lora"]["rank"] == 8
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    data = sweep_toy.toy_sweep()
+    del data["name"]
+    path = tmp_path / "my-sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert resolve_sweep(path).name == "my-sweep"
+
+
+def test_plan_packs_groups_by_key_and_chunks():
+    spec = resolve_sweep(sweep_toy.toy_sweep(grid={"task.width": [8, 16], "optim.lr_a": [0.1, 0.2, 0.3]}))
+    spec = resolve_sweep(spec, ["task.pack_size=4"])
+    task = get_task("toy")
+    trials = expand(spec, task)
+    packs = plan_packs(task, trials)
+    # 6 trials per width (3 lrs x 2 seeds), chunks of <= 4 -> 4 + 2 per width
+    assert [len(p.trials) for p in packs] == [4, 2, 4, 2]
+    assert all(len({t.config.task.width for t in p.trials}) == 1 for p in packs)
+    assert sorted(t.trial_id for p in packs for t in p.trials) == sorted(t.trial_id for t in trials)
+    assert [p.pack_id for p in packs] == [p.pack_id for p in plan_packs(task, expand(spec, task))]
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "seed": 0}) == {"a.b": 1, "a.c.d": (1, 2), "seed": 0}
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"grid": {"optim.lr_a": []}}, "grid.optim.lr_a is an empty list"),
+        ({"grid": {"optim.lr_x": [1.0]}}, "unknown key optim.lr_x"),
+        ({"grid": {"optim.lr_a": [0.01, -0.01]}}, "lr_a must be a finite number > 0"),
+        ({"grid": {"lora.rank": [0]}}, "rank must be an integer >= 1"),
+        ({"grid": {"lora.init": ["A", "C"]}}, "lora.init"),
+        ({"grid": {"seed": [1, 2]}}, "seeds"),
+        ({"grid": {"optim.lr_a": {"log2": [-1, -3, 1]}}}, "lo <= hi"),
+        ({"grid": {"optim.lr_a": {"linspace": [1, 2]}}}, "log2"),
+        ({"grid": {"optim.lr_a": 0.1}}, "expected a list"),
+        ({"grid": [1, 2]}, "grid must be a mapping"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": ["a"]}, "seeds"),
+        ({"mode": "best"}, "mode"),
+        ({"bogus": 1}, "unknown key bogus in sweep spec; valid keys"),
+        ({"base": {"lora": {"rank": 4}}}, "base.task.kind is required"),
+        ({"base": {"task": {"kind": "nope"}}}, "unknown task 'nope'; valid tasks"),
+        ({"base": {"task": {"kind": "toy"}, "lora": {"rank": "four"}}}, "lora.rank: expected an integer"),
+    ],
+)
+def test_bad_specs_raise_one_line(change, fragment):
+    data = sweep_toy.toy_sweep()
+    data.update(change)
+    with pytest.raises(LoradynError) as err:
+        expand(resolve_sweep(data))
+    message = str(err.value)
+    assert fragment in message and "\n" not in message
