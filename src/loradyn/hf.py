@@ -1,0 +1,203 @@
+"""loradyn for ``transformers.Trainer`` users: Init[A]/Init[B], LoRA+ and feature-norm probes in two lines.
+
+    >>> trainer = Trainer(model=peft_model, args=args, train_dataset=ds)   # doctest: +SKIP
+    >>> loradyn.hf.setup(trainer, init="B", lr_ratio=16, seed=0)           # doctest: +SKIP
+    >>> trainer.train()                                                      # doctest: +SKIP
+
+* **LoRA+** goes through a ``create_optimizer`` override (:class:`LoraPlusTrainerMixin`,
+  :class:`LoradynTrainer`, or :func:`enable_loraplus` on an existing Trainer). This is the path
+  that also works under FSDP and DeepSpeed, where Trainer refuses a pre-built ``optimizers=``
+  tuple. The optimizer class and its keyword arguments (betas, eps, fused...) are still the ones
+  ``TrainingArguments.optim`` selects; only the param groups are LoRA+'s
+  (:func:`loradyn.loraplus_param_groups`: ``lr_b = lr_ratio * learning_rate``, and
+  ``args.weight_decay`` honoured).
+* **Init** is :func:`loradyn.init_lora_` on ``trainer.model`` with a seed, so every DDP rank draws
+  the same adapters.
+* **Probes**: :class:`FeatureNormCallback` hooks a :class:`loradyn.FeatureNormProbe` on the model,
+  steps it with the optimizer and, at every logging step, adds ``loradyn/z_a_rms``,
+  ``loradyn/z_b_rms`` (means over LoRA layers) and ``loradyn/z_a_rms_max`` to the logs, so
+  TensorBoard / W&B / ``trainer.state.log_history`` get them. :func:`enable_probes` puts it first
+  among the callbacks so the reporting integrations see the keys. Forward passes of evaluations
+  that run inside training are recorded with the current step.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+from .errors import LoradynError
+from .init import init_lora_
+from .optim import loraplus_param_groups
+from .probes import FeatureNormProbe
+
+__all__ = [
+    "FeatureNormCallback",
+    "LoraPlusTrainerMixin",
+    "LoradynTrainer",
+    "enable_loraplus",
+    "enable_probes",
+    "loraplus_create_optimizer",
+    "setup",
+]
+
+
+def loraplus_create_optimizer(trainer: Trainer, model=None, *, lr_ratio: float, lr_embedding: float | None = None):
+    """What :meth:`LoraPlusTrainerMixin.create_optimizer` does, for any Trainer instance."""
+    opt_model = trainer.model if model is None else model
+    if trainer.optimizer is None:
+        if getattr(trainer, "optimizer_cls_and_kwargs", None) is not None:
+            optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, opt_model)
+        kwargs = dict(kwargs)
+        if any(k in kwargs for k in ("params", "model", "optimizer_dict")):
+            raise LoradynError(
+                f"LoRA+ needs a plain torch optimizer; TrainingArguments.optim={trainer.args.optim!r} builds its own groups"
+            )
+        lr = kwargs.pop("lr", trainer.args.learning_rate)
+        kwargs.pop("weight_decay", None)
+        groups = loraplus_param_groups(
+            opt_model, lr=lr, lr_ratio=lr_ratio, weight_decay=trainer.args.weight_decay, lr_embedding=lr_embedding
+        )
+        for group in groups:
+            group.pop("param_names", None)  # some optimizers (bnb, apex) reject unknown group keys
+        trainer.optimizer = optimizer_cls(groups, lr=lr, **kwargs)
+    return trainer.optimizer
+
+
+class LoraPlusTrainerMixin:
+    """Mix into a ``Trainer`` subclass to get LoRA+ param groups from ``create_optimizer``.
+
+    Set ``loraplus_lr_ratio`` (default 16) and ``loraplus_lr_embedding`` (default PEFT's 1e-6) as
+    class attributes or keyword arguments of :class:`LoradynTrainer`.
+    """
+
+    loraplus_lr_ratio: float = 16.0
+    loraplus_lr_embedding: float | None = None
+
+    def create_optimizer(self, model=None):
+        return loraplus_create_optimizer(
+            self, model, lr_ratio=self.loraplus_lr_ratio, lr_embedding=self.loraplus_lr_embedding
+        )
+
+
+class LoradynTrainer(LoraPlusTrainerMixin, Trainer):
+    """``Trainer`` with LoRA+ (``lr_ratio=``) and, optionally, feature-norm probes (``probe_every=``)."""
+
+    def __init__(self, *args: Any, lr_ratio: float = 16.0, lr_embedding: float | None = None,
+                 probe_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loraplus_lr_ratio = float(lr_ratio)
+        self.loraplus_lr_embedding = lr_embedding
+        self.probe_callback = enable_probes(self, every=probe_every) if probe_every else None
+
+
+def enable_loraplus(trainer: Trainer, *, lr_ratio: float = 16.0, lr_embedding: float | None = None) -> Trainer:
+    """Make an existing Trainer build LoRA+ param groups (patches its ``create_optimizer``).
+
+    Raises:
+        LoradynError: the Trainer already has an optimizer (created, or passed as ``optimizers=``).
+    """
+    if trainer.optimizer is not None:
+        raise LoradynError("the Trainer already has an optimizer: call enable_loraplus before trainer.train()")
+    if not lr_ratio > 0:
+        raise LoradynError(f"lr_ratio must be > 0, got {lr_ratio!r}")
+
+    def create_optimizer(self, model=None):
+        return loraplus_create_optimizer(self, model, lr_ratio=lr_ratio, lr_embedding=lr_embedding)
+
+    trainer.create_optimizer = types.MethodType(create_optimizer, trainer)
+    return trainer
+
+
+class FeatureNormCallback(TrainerCallback):
+    """Record Z_A / Z_B norms during ``Trainer.train`` and add their summary to every log.
+
+    Args:
+        every: record every this many optimizer steps.
+        stats: norms recorded (``rms`` is the one logged).
+        model: the model to probe; default: the model the Trainer passes to the callback.
+
+    After training, ``callback.probe.to_frame()`` holds the full table
+    (step, module, feature, stat, value).
+    """
+
+    def __init__(self, *, every: int = 1, stats=("rms", "l2"), model=None) -> None:
+        self.every, self.stats, self.model = every, tuple(stats), model
+        self.probe: FeatureNormProbe | None = None
+        if "rms" not in self.stats:
+            self.stats = ("rms", *self.stats)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        target = self.model if self.model is not None else model
+        self.probe = FeatureNormProbe(target, every=self.every, stats=self.stats)
+        self.probe.attach()
+        self.probe.set_step(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.probe is not None:
+            self.probe.set_step(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.probe is not None:
+            self.probe.detach()
+
+    def summary(self) -> dict[str, float]:
+        """Means (over LoRA layers) of the rms of Z_A and Z_B at the last recorded step."""
+        if self.probe is None:
+            return {}
+        frame = self.probe.to_frame()
+        frame = frame[frame["stat"] == "rms"]
+        if frame.empty:
+            return {}
+        last = frame[frame["step"] == frame["step"].max()]
+        out = {}
+        for feature in ("z_a", "z_b"):
+            values = last.loc[last["feature"] == feature, "value"]
+            if len(values):
+                out[f"loradyn/{feature}_rms"] = float(values.mean())
+                if feature == "z_a":
+                    out["loradyn/z_a_rms_max"] = float(values.max())
+        return out
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        extra = self.summary()
+        if logs is not None and extra:
+            logs.update(extra)
+            if state.log_history:
+                state.log_history[-1].update(extra)
+
+
+def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2")) -> FeatureNormCallback:
+    """Add a :class:`FeatureNormCallback` in front of the Trainer's callbacks; returns it."""
+    callback = FeatureNormCallback(every=every, stats=stats)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback
+
+
+def setup(trainer: Trainer, *, init: str | None = "B", lr_ratio: float | None = 16.0, probes: bool | int = True,
+          seed: int = 0, **init_kwargs: Any) -> FeatureNormCallback | None:
+    """Init[A]/Init[B], LoRA+ and probes on an existing Trainer, in one call.
+
+    Args:
+        trainer: a Trainer whose model holds LoRA layers (PEFT or loradyn).
+        init: ``"A"`` or ``"B"`` to re-initialise every adapter with :func:`loradyn.init_lora_`
+            (seeded, so every DDP rank draws the same adapters); ``None`` keeps the current init.
+        lr_ratio: LoRA+ ``lr_b / lr_a``; ``None`` leaves the optimizer alone.
+        probes: ``True`` (every step), an int (every that many steps) or ``False``.
+        seed: the init seed.
+        **init_kwargs: ``std_a``, ``std_b``, ``distribution`` for ``init_lora_``.
+
+    Returns:
+        The probe callback (or None).
+    """
+    if init is not None:
+        init_lora_(trainer.model, init, generator=seed, **init_kwargs)
+    if lr_ratio is not None:
+        enable_loraplus(trainer, lr_ratio=lr_ratio)
+    if probes:
+        return enable_probes(trainer, every=1 if probes is True else int(probes))
+    return None

@@ -1,0 +1,287 @@
+"""Figures from tidy tables. Each function takes a DataFrame (and an optional matplotlib ``ax``)
+and returns the Figure; matplotlib is imported inside (Agg backend), so ``import loradyn`` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .analysis import seed_mean
+
+__all__ = [
+    "plot_feature_norms",
+    "plot_loss_vs_lr",
+    "plot_lr_heatmap",
+    "plot_optimal_lr_vs_width",
+    "plot_rank_lr",
+    "save_figure",
+]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
+        try:
+            matplotlib.use("Agg", force=True)
+        except Exception:  # noqa: BLE001 - keep an interactive backend if switching fails
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fig_ax(ax, figsize=(6, 4)):
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def save_figure(fig: Any, path) -> None:
+    """Save as PNG (dpi 120) and close."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+
+
+def plot_loss_vs_lr(
+    df: pd.DataFrame,
+    *,
+    lr: str = "lr_a",
+    loss: str = "final_train_loss",
+    hue: str | Sequence[str] = "init",
+    panel: str | None = "width",
+    optimum: pd.DataFrame | None = None,
+    title: str | None = None,
+):
+    """Seed-mean loss vs learning rate (log-log) with min–max seed bands, one curve per ``hue``.
+
+    With ``panel`` one subplot per value of that column; ``optimum`` (from
+    :func:`loradyn.analysis.optimal_lr`, same hue/panel columns) marks each optimum.
+    """
+    plt = _plt()
+    hue = [hue] if isinstance(hue, str) else list(hue)
+    panels = sorted(df[panel].unique()) if panel else [None]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    by = [*( [panel] if panel else []), *hue, lr]
+    stats = seed_mean(df, by, loss=loss)
+    for ax, pv in zip(axes.flat, panels):
+        sub = stats if panel is None else stats[stats[panel] == pv]
+        for key, g in sub.groupby(hue, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            label = ", ".join(f"{h}={k}" for h, k in zip(hue, key))
+            g = g.sort_values(lr)
+            ok = np.isfinite(g["mean"])
+            (line,) = ax.plot(g[lr][ok], g["mean"][ok], marker="o", ms=3, label=label)
+            fin = np.isfinite(g["max"])
+            ax.fill_between(g[lr][fin], g["min"][fin], g["max"][fin], alpha=0.2, color=line.get_color())
+            if optimum is not None:
+                o = optimum
+                if panel:
+                    o = o[o[panel] == pv]
+                for h, k in zip(hue, key):
+                    o = o[o[h] == k]
+                for v in o["lr_opt"].dropna():
+                    ax.axvline(v, color=line.get_color(), ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(lr)
+        ax.set_ylabel(f"{loss} (seed mean)")
+        if panel:
+            ax.set_title(f"{panel} = {pv}", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _reference_lines(ax, xs: np.ndarray, anchor_y: float, exponents: Sequence[float], x_label: str) -> None:
+    x0 = float(xs.min())
+    grid = np.geomspace(xs.min(), xs.max(), 50)
+    for e, style in zip(exponents, ("--", "-.", ":", (0, (1, 3)))):
+        ax.plot(grid, anchor_y * (grid / x0) ** e, color="gray", ls=style, lw=1, label=f"∝ {x_label}^{e:g}")
+
+
+def plot_optimal_lr_vs_width(
+    opt: pd.DataFrame,
+    *,
+    x: str = "width",
+    hue: str = "init",
+    exponents: Sequence[float] = (-0.5, -1.0),
+    fits: pd.DataFrame | None = None,
+    title: str | None = None,
+    ax=None,
+):
+    """Optimal lr vs width (log2–log2) per ``hue``, with reference lines ∝ n^-1/2 and ∝ n^-1.
+
+    ``opt`` is the output of :func:`loradyn.analysis.optimal_lr`; optima at a grid edge are drawn
+    hollow. ``fits`` (from :func:`loradyn.analysis.fit_log2_slope`) adds the fitted slopes to the legend.
+    """
+    fig, ax = _fig_ax(ax)
+    xs = opt[x].astype(float).to_numpy()
+    for key, g in opt.groupby(hue, sort=True):
+        g = g.sort_values(x)
+        label = f"{hue}={key}"
+        if fits is not None and hue in fits.columns:
+            f = fits[fits[hue] == key]
+            if len(f):
+                label += f" (slope {float(f['slope'].iloc[0]):.2f})"
+        (line,) = ax.plot(g[x], g["lr_opt"], marker="o", label=label)
+        edge = g["edge"].astype(str) != ""
+        if edge.any():
+            ax.scatter(g[x][edge], g["lr_opt"][edge], s=80, facecolors="none", edgecolors="red", zorder=3)
+    finite = opt["lr_opt"].astype(float)
+    anchor = float(np.nanmax(finite[opt[x] == opt[x].min()])) if len(opt) else 1.0
+    if np.isfinite(anchor) and len(xs):
+        _reference_lines(ax, xs, anchor * 1.5, exponents, "n" if x == "width" else x)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel("optimal learning rate")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank_lr(
+    opt: pd.DataFrame,
+    *,
+    x: str = "rank",
+    hue: str = "variant",
+    reference: float | None = None,
+    fits: pd.DataFrame | None = None,
+    title: str | None = None,
+    ax=None,
+):
+    """Optimal lr vs rank per ``hue`` (e.g. "A, α=1"), reference lines ∝ r^-1/2, r^-1/4, r^0,
+    and a horizontal line at the full-finetuning optimum ``reference``."""
+    fig, ax = _fig_ax(ax)
+    for key, g in opt.groupby(hue, sort=True):
+        g = g.sort_values(x)
+        label = str(key)
+        if fits is not None and hue in fits.columns:
+            f = fits[fits[hue] == key]
+            if len(f):
+                label += f" (slope {float(f['slope'].iloc[0]):.2f})"
+        ax.plot(g[x], g["lr_opt"], marker="o", label=label)
+        edge = g["edge"].astype(str) != ""
+        if edge.any():
+            ax.scatter(g[x][edge], g["lr_opt"][edge], s=80, facecolors="none", edgecolors="red", zorder=3)
+    xs = opt[x].astype(float).to_numpy()
+    if len(xs):
+        anchor = float(np.nanmax(opt["lr_opt"].astype(float)))
+        _reference_lines(ax, xs, anchor * 1.5, (-0.5, -0.25, 0.0), "r")
+    if reference is not None and np.isfinite(reference):
+        ax.axhline(reference, color="black", lw=1.5, label="full finetuning (Adam)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel("optimal learning rate")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_heatmap(
+    df: pd.DataFrame,
+    *,
+    lr_a: str = "lr_a",
+    lr_b: str = "lr_b",
+    loss: str = "final_train_loss",
+    title: str | None = None,
+    ax=None,
+):
+    """Heatmap of the seed-mean log10 loss over (lr_a, lr_b); the diagonal lr_a = lr_b is drawn,
+    the best cell is starred, and cells within 1 % of the best are outlined."""
+    fig, ax = _fig_ax(ax, figsize=(5, 4.2))
+    stats = seed_mean(df, [lr_a, lr_b], loss=loss)
+    grid = stats.pivot(index=lr_b, columns=lr_a, values="mean").sort_index().sort_index(axis=1)
+    values = np.log10(grid.to_numpy(dtype=float))
+    values[~np.isfinite(values)] = np.nan
+    xa, yb = np.log2(grid.columns.to_numpy(float)), np.log2(grid.index.to_numpy(float))
+    im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis_r",
+                   extent=(xa.min() - 0.5 * _step(xa), xa.max() + 0.5 * _step(xa), yb.min() - 0.5 * _step(yb), yb.max() + 0.5 * _step(yb)))
+    fig.colorbar(im, ax=ax, label=f"log10 {loss} (seed mean)")
+    lo, hi = max(xa.min(), yb.min()), min(xa.max(), yb.max())
+    ax.plot([lo, hi], [lo, hi], color="white", ls="--", lw=1.5, label="lr_b = lr_a")
+    if np.isfinite(values).any():
+        j, i = np.unravel_index(np.nanargmin(values), values.shape)
+        near = values <= values[j, i] + math.log10(1.01)
+        jj, ii = np.nonzero(near)
+        ax.scatter(xa[ii], yb[jj], s=30, facecolors="none", edgecolors="white", lw=0.8)
+        ax.scatter([xa[i]], [yb[j]], marker="*", s=160, color="red", label="best")
+    ax.set_xlabel(f"log2 {lr_a}")
+    ax.set_ylabel(f"log2 {lr_b}")
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _step(v: np.ndarray) -> float:
+    d = np.diff(np.unique(v))
+    return float(d.min()) if len(d) else 1.0
+
+
+def plot_feature_norms(
+    probes: pd.DataFrame,
+    curves: pd.DataFrame | None = None,
+    *,
+    hue: str | Sequence[str] = ("init", "width"),
+    features: Sequence[str] = ("z_a", "z_b"),
+    stat: str = "rms",
+    title: str | None = None,
+):
+    """Z_A / Z_B norms over the steps (one panel per feature) and the train loss (last panel).
+
+    ``probes`` has columns ``step, feature, stat, value`` plus the ``hue`` columns (seed rows are
+    averaged, with a min–max band); ``curves`` has ``step, metric, value`` plus ``hue``.
+    """
+    plt = _plt()
+    hue = [hue] if isinstance(hue, str) else list(hue)
+    n_panels = len(features) + (1 if curves is not None else 0)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 3.4), squeeze=False)
+    axes = axes[0]
+    colors: dict[Any, Any] = {}
+
+    def draw(ax, frame, ylabel):
+        for key, g in frame.groupby(hue, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            agg = g.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
+            label = ", ".join(f"{h}={k}" for h, k in zip(hue, key))
+            kw = {"color": colors[key]} if key in colors else {}
+            (line,) = ax.plot(agg["step"], agg["mean"], label=label, **kw)
+            colors.setdefault(key, line.get_color())
+            ax.fill_between(agg["step"], agg["min"], agg["max"], alpha=0.2, color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+
+    sel = probes[probes["stat"] == stat]
+    for ax, feature in zip(axes, features):
+        draw(ax, sel[sel["feature"] == feature], f"{stat}({feature}) (data mean)")
+        ax.set_title(feature)
+    if curves is not None:
+        ax = axes[-1]
+        draw(ax, curves[curves["metric"] == "train_loss"], "train loss")
+        ax.set_title("train loss")
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,173 @@
+"""``feature-norms``: Z_A and Z_B over training at a small and a large width (arXiv 2406.08447, Fig. "feature norms").
+
+Protocol: at n ∈ {128, 8192}, each init trains at its *own* optimal learning rate — taken from
+``width-lr`` when it ran before in the same ``reproduce all`` (same widths and steps), or given with
+``experiment.lr_A=…``/``experiment.lr_B=…``, or else found here with a small half-octave sweep
+(the same protocol as ``width-lr``: seed-mean, parabola-refined). Then ≥ 3 seeds per init record
+the data-averaged RMS and L2 norms of Z_A = A·φ(W_in x) (r-dim) and Z_B = B·Z_A (n-dim, before α)
+every few steps, and the train loss every step.
+
+Verdicts (papers.md §6.2; final step, seed means):
+
+* RMS(Z_A) is larger under Init[A] than under Init[B] at every width, by ≥ 2× at the largest
+  ("much larger");
+* under Init[A], RMS(Z_A) grows ∝ n^1/2: the exponent log(ratio)/log(width ratio) is 0.5 ± 0.25
+  (finite widths undershoot: the notes' pilot measured 0.40 between 128 and 8192);
+* under Init[B], RMS(Z_A) stays Θ(1): exponent 0 ± 0.25;
+* the final train loss is lower under Init[A] at every width.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import width_lr
+from .common import (
+    Context,
+    Verdict,
+    base_config,
+    finish,
+    fmt_lr,
+    load_sweep_records,
+    resolve_params,
+    results_table,
+    run_grid,
+)
+
+ID = "feature-norms"
+DESCRIPTION = "Z_A/Z_B norms over training at n=128 and 8192, each init at its optimal lr (2406.08447)"
+EXP_TOL = 0.25
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of ``feature-norms`` (override with ``experiment.<name>=value``).
+
+    Attributes:
+        widths: the widths (smallest and largest are compared).
+        seeds: seeds of the recorded runs.
+        steps: Adam steps T.
+        record_every: norm-recording interval (steps).
+        lr_A, lr_B: given learning rates (None: from width-lr or tuned here).
+        tune_seeds, tune_span, tune_step: the tuning sweep when no optimum is known.
+    """
+
+    widths: tuple[int, ...] = (128, 8192)
+    seeds: int = 3
+    steps: int = 200
+    record_every: int = 5
+    lr_A: float | None = None
+    lr_B: float | None = None
+    tune_seeds: int = 2
+    tune_span: float = 2.0
+    tune_step: float = 0.5
+
+
+FULL = Params()
+QUICK = Params(widths=(128, 2048), seeds=2, steps=100, record_every=5, tune_span=2.0, tune_step=1.0)
+
+
+def _optima(ctx: Context, p: Params, base: dict) -> dict[tuple[str, int], tuple[float, str]]:
+    """(init, width) -> (learning rate, where it came from)."""
+    given = {"A": p.lr_A, "B": p.lr_B}
+    out: dict[tuple[str, int], tuple[float, str]] = {}
+    shared = ctx.shared.get("width-lr")
+    for init in ("A", "B"):
+        for n in p.widths:
+            if given[init] is not None:
+                out[(init, n)] = (float(given[init]), "given")
+            elif shared is not None and shared["steps"] == p.steps:
+                o = shared["optima"]
+                hit = o[(o["init"] == init) & (o["width"] == n)]
+                if len(hit) and math.isfinite(float(hit["lr_opt"].iloc[0])):
+                    out[(init, n)] = (float(hit["lr_opt"].iloc[0]), "width-lr")
+    missing = sorted({n for init in ("A", "B") for n in p.widths if (init, n) not in out})
+    if missing:
+        inits = tuple(i for i in ("A", "B") if any((i, n) not in out for n in missing))
+        tp = width_lr.Params(
+            widths=tuple(missing), inits=inits, seeds=p.tune_seeds, steps=p.steps,
+            lr_step=p.tune_step, span=p.tune_span, max_extend=1,
+        )
+        ctx.say(f"  tuning the learning rate at n = {list(missing)} ({p.tune_seeds} seeds)")
+        _, opt = width_lr.sweep_optima(ctx, tp, base, name="feature-norms-tune")
+        for r in opt.itertuples():
+            out.setdefault((r.init, int(r.width)), (float(r.lr_opt), "tuned"))
+    return out
+
+
+def run(ctx: Context) -> dict:
+    t0 = time.perf_counter()
+    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+    base = base_config(ctx, train={"steps": p.steps})
+    lrs = _optima(ctx, p, base)
+    frames, probes, curves = [], [], []
+    for n in p.widths:
+        for init in ("A", "B"):
+            lr, _ = lrs[(init, n)]
+            name = f"feature-norms-n{n}-{init}"
+            b = {**base, "task": {**base["task"], "width": n}, "lora": {**base["lora"], "init": init},
+                 "optim": {**base["optim"], "lr_a": lr},
+                 "train": {**base["train"], "record_every": p.record_every, "curve_every": 1}}
+            frames.append(run_grid(ctx, name, b, {}, p.seeds))
+            pr, cu = load_sweep_records(ctx, name, "probes"), load_sweep_records(ctx, name, "curves")
+            probes.append(pr.assign(init=init, width=n))
+            curves.append(cu.assign(init=init, width=n))
+    results = results_table(pd.concat(frames, ignore_index=True), ID)
+    probes = pd.concat(probes, ignore_index=True)
+    curves = pd.concat(curves, ignore_index=True)
+
+    last = probes[probes["step"] == probes["step"].max()]
+    final = last.groupby(["init", "width", "feature", "stat"])["value"].mean().reset_index()
+
+    def val(init, n, feature, stat="rms"):
+        v = final[(final["init"] == init) & (final["width"] == n) & (final["feature"] == feature) & (final["stat"] == stat)]
+        return float(v["value"].iloc[0]) if len(v) else math.nan
+
+    lo, hi = min(p.widths), max(p.widths)
+    verdicts = []
+    ratios = {n: val("A", n, "z_a") / val("B", n, "z_a") for n in p.widths}
+    verdicts.append(Verdict(
+        claim="RMS(Z_A) is much larger under Init[A] than Init[B] (×≥2 at the largest width)",
+        expected=f"A/B > 1 at every width, ≥ 2 at n={hi}",
+        measured=", ".join(f"n={n}: ×{r:.2f}" for n, r in ratios.items()),
+        holds=all(r > 1 for r in ratios.values()) and ratios[hi] >= 2,
+    ))
+    span = math.log(hi / lo)
+    for init, expected in (("A", 0.5), ("B", 0.0)):
+        e = math.log(val(init, hi, "z_a") / val(init, lo, "z_a")) / span if span > 0 else math.nan
+        verdicts.append(Verdict(
+            claim=f"Init[{init}]: RMS(Z_A) ∝ n^{expected:g} (exponent between n={lo} and n={hi})",
+            expected=f"{expected:+.2f} ± {EXP_TOL}",
+            measured=f"{e:+.2f} ({val(init, lo, 'z_a'):.2f} → {val(init, hi, 'z_a'):.2f})",
+            holds=math.isfinite(e) and abs(e - expected) <= EXP_TOL,
+        ))
+    loss = results.groupby(["init", "width"])["final_train_loss"].mean()
+    lower = {n: (loss.get(("A", n), math.nan), loss.get(("B", n), math.nan)) for n in p.widths}
+    verdicts.append(Verdict(
+        claim="the final train loss is lower under Init[A] (each at its optimal lr)",
+        expected="loss_A < loss_B at every width",
+        measured=", ".join(f"n={n}: {a:.2e} vs {b:.2e}" for n, (a, b) in lower.items()),
+        holds=all(a < b for a, b in lower.values()),
+    ))
+
+    from ..plots import plot_feature_norms
+
+    figures = {
+        "feature_norms_rms": plot_feature_norms(probes, curves, stat="rms", title="RMS of Z_A, Z_B and train loss"),
+        "feature_norms_l2": plot_feature_norms(probes, None, stat="l2", title="L2 norms of Z_A, Z_B"),
+    }
+    results["lr_source"] = [lrs[(i, w)][1] for i, w in zip(results["init"], results["width"])]
+    summary = {
+        "params": p,
+        "learning_rates": {f"{i}@{n}": {"lr": lr, "log2": fmt_lr(lr), "source": src} for (i, n), (lr, src) in lrs.items()},
+        "final_norms": final,
+        "verdicts": verdicts,
+    }
+    return finish(ctx, results, summary, figures, t0)
+
+
+__all__ = ["DESCRIPTION", "FULL", "ID", "Params", "QUICK", "run"]

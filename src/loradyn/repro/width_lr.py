@@ -1,0 +1,176 @@
+"""``width-lr``: optimal learning rate vs width for Init[A] and Init[B] (arXiv 2406.08447, Fig. "optimal LR vs width").
+
+Protocol: for each width n and init, a half-octave log2 grid of ``lr_a`` (``lr_b = lr_a``), ≥ 3
+seeds, T Adam steps; η* = argmin of the seed-mean final train loss, refined by the parabola in
+(log2 lr, log10 loss) through the argmin and its neighbours (:func:`loradyn.analysis.optimal_lr`).
+Each width's grid is the union over inits of ±``span`` octaves around where a previous run of this
+engine found the optimum (:data:`GRID_CENTRE`); an optimum on a grid edge triggers an extension of
+the grid beyond that edge (up to ``max_extend`` times), so the optimum ends up interior or is
+flagged. The centring only saves compute: the verdicts read the measured optima and compare them
+with the theory's exponents (:data:`EXPONENT`), never with the grid centres.
+
+Verdicts (tolerances from the reproduction notes, papers.md §6.2):
+
+* slope of log2 η* vs log2 n over n ≥ 256 is −0.5 ± 0.15 (Init[A]) and −1.0 ± 0.15 (Init[B]);
+* η*_A > η*_B at every width ≥ 512;
+* the ratio η*_A / η*_B grows with width: its log2–log2 slope is 0.5 ± 0.25 (the difference of
+  the two exponents; its error is about the sum of theirs);
+* every optimum is interior (not on a grid edge) — otherwise the fits above are not trustworthy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..analysis import fit_log2_slope, optimal_lr
+from .common import (
+    Context,
+    Verdict,
+    base_config,
+    finish,
+    fmt_lr,
+    half_octaves,
+    resolve_params,
+    results_table,
+    run_grid,
+)
+
+ID = "width-lr"
+DESCRIPTION = "optimal lr vs width, Init[A] vs Init[B]: slopes -1/2 and -1 (2406.08447)"
+
+# the theory's exponents of the optimal lr in width (the claims under test)
+EXPONENT = {"A": -0.5, "B": -1.0}
+# grid placement only: (log2 lr at n = 128, log2 change per doubling) of the optimum measured in a
+# one-seed exploratory run of this engine (T = 200)
+GRID_CENTRE = {"A": (-6.0, -0.85), "B": (-7.2, -0.95)}
+SLOPE_TOL = 0.15
+RATIO_TOL = 0.25
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of ``width-lr`` (override with ``experiment.<name>=value``).
+
+    Attributes:
+        widths: the widths n.
+        inits: the init schemes.
+        seeds: seeds per configuration.
+        steps: Adam steps T.
+        lr_step: grid step in octaves (0.5 = half-octave).
+        span: octaves on each side of the expected optimum.
+        max_extend: how many times a grid is extended when its optimum sits on an edge.
+        fit_min_width: smallest width used in the slope fits.
+    """
+
+    widths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
+    inits: tuple[str, ...] = ("A", "B")
+    seeds: int = 3
+    steps: int = 200
+    lr_step: float = 0.5
+    span: float = 2.5
+    max_extend: int = 2
+    fit_min_width: int = 256
+
+
+FULL = Params()
+QUICK = Params(widths=(128, 512, 2048), seeds=2, steps=100, lr_step=1.0, span=3.0, max_extend=1, fit_min_width=128)
+
+
+def expected_log2_lr(init: str, width: int) -> float:
+    """Where the grid for (init, width) is centred (log2 lr)."""
+    anchor, per_doubling = GRID_CENTRE[init]
+    return anchor + per_doubling * math.log2(width / 128)
+
+
+def sweep_optima(ctx: Context, p: Params, base: dict, name: str = "width-lr") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the width × init × lr grids (with edge extensions); returns (results, optima)."""
+    frames = []
+    for n in p.widths:
+        lrs = sorted({
+            lr for init in p.inits
+            for lr in half_octaves(expected_log2_lr(init, n) - p.span, expected_log2_lr(init, n) + p.span, p.lr_step)
+        })
+        b = {**base, "task": {**base["task"], "width": n}}
+        frames.append(run_grid(ctx, f"{name}-n{n}", b, {"lora.init": list(p.inits), "optim.lr_a": lrs}, p.seeds))
+    results = results_table(pd.concat(frames, ignore_index=True), ID)
+    opt = optimal_lr(results, by=["init", "width"], lr="lr_a")
+    for round_ in range(p.max_extend):
+        todo = opt[opt["edge"].isin(["low", "high"])]
+        if todo.empty:
+            break
+        for _, row in todo.iterrows():
+            n, init = int(row["width"]), str(row["init"])
+            have = results[(results["width"] == n) & (results["init"] == init)]["lr_a"]
+            lo, hi = math.log2(have.min()), math.log2(have.max())
+            new = half_octaves(lo - 2.0, lo - p.lr_step, p.lr_step) if row["edge"] == "low" else half_octaves(hi + p.lr_step, hi + 2.0, p.lr_step)
+            ctx.say(f"  {init} n={n}: optimum on the {row['edge']} edge; extending the grid by 2 octaves")
+            b = {**base, "task": {**base["task"], "width": n}}
+            df = run_grid(ctx, f"{name}-n{n}-{init}-ext{round_ + 1}", b, {"lora.init": [init], "optim.lr_a": new}, p.seeds)
+            results = pd.concat([results, results_table(df, ID)], ignore_index=True)
+        opt = optimal_lr(results, by=["init", "width"], lr="lr_a")
+    return results, opt
+
+
+def run(ctx: Context) -> dict:
+    t0 = time.perf_counter()
+    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+    base = base_config(ctx, train={"steps": p.steps})
+    results, opt = sweep_optima(ctx, p, base)
+    ctx.shared["width-lr"] = {"optima": opt, "steps": p.steps}
+
+    fit_rows = opt[(opt["width"] >= p.fit_min_width) & opt["lr_opt"].notna()]
+    fits = fit_log2_slope(fit_rows, "width", "lr_opt", by="init")
+    verdicts = []
+    for init in p.inits:
+        f = fits[fits["init"] == init]
+        slope = float(f["slope"].iloc[0]) if len(f) else math.nan
+        expected = EXPONENT.get(init, math.nan)
+        verdicts.append(Verdict(
+            claim=f"Init[{init}]: optimal lr ∝ n^{expected:g} (slope of log2 η* vs log2 n, n ≥ {p.fit_min_width})",
+            expected=f"{expected:+.2f} ± {SLOPE_TOL}",
+            measured=f"{slope:+.2f}" + (f" ± {float(f['stderr'].iloc[0]):.2f}" if len(f) and math.isfinite(f['stderr'].iloc[0]) else ""),
+            holds=math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
+        ))
+    wide = opt.pivot(index="width", columns="init", values="lr_opt")
+    if {"A", "B"} <= set(wide.columns):
+        big = wide[wide.index >= 512]
+        gap = [f"n={n}: ×{a / b:.1f}" for n, a, b in zip(big.index, big["A"], big["B"])]
+        verdicts.append(Verdict(
+            claim="Init[A] admits larger learning rates: η*_A > η*_B at every width ≥ 512",
+            expected="η*_A/η*_B > 1", measured=", ".join(gap) or "no width ≥ 512",
+            holds=bool(len(big)) and bool((big["A"] > big["B"]).all()),
+        ))
+        ratio = pd.DataFrame({"width": wide.index, "ratio": wide["A"] / wide["B"]})
+        rfit = fit_log2_slope(ratio, "width", "ratio")
+        rslope = float(rfit["slope"].iloc[0])
+        verdicts.append(Verdict(
+            claim="the ratio η*_A/η*_B grows with width (∝ n^1/2)",
+            expected=f"slope +0.50 ± {RATIO_TOL}", measured=f"{rslope:+.2f} (×{ratio['ratio'].iloc[0]:.1f} → ×{ratio['ratio'].iloc[-1]:.1f})",
+            holds=math.isfinite(rslope) and abs(rslope - 0.5) <= RATIO_TOL,
+        ))
+    edges = opt[opt["edge"].isin(["low", "high", "none"])]
+    verdicts.append(Verdict(
+        claim="every optimum is interior to its lr grid",
+        expected="no optimum on a grid edge",
+        measured="all interior" if edges.empty else "; ".join(f"{r.init} n={r.width}: {r.edge}" for r in edges.itertuples()),
+        holds=edges.empty,
+    ))
+
+    from ..plots import plot_loss_vs_lr, plot_optimal_lr_vs_width
+
+    figures = {
+        "optimal_lr_vs_width": plot_optimal_lr_vs_width(opt, fits=fits, title="optimal lr vs width"),
+        "loss_vs_lr": plot_loss_vs_lr(results, optimum=opt, title="final train loss vs lr"),
+    }
+    summary = {
+        "params": p,
+        "optimal_lr": opt.assign(lr_opt_log2=lambda d: d["log2_lr_opt"]).drop(columns=["log2_lr_opt"]),
+        "slopes": fits,
+        "optimal_lr_table": {f"{r.init}@{r.width}": fmt_lr(r.lr_opt) for r in opt.itertuples()},
+        "verdicts": verdicts,
+    }
+    return finish(ctx, results, summary, figures, t0)

@@ -1,0 +1,139 @@
+"""Teacher, data and the frozen parts of the synthetic model, drawn from explicit seeds.
+
+Every random tensor has its own named stream, seeded by a hash of ``(stream, seed)``
+(:func:`stream_generator`), so the same seed gives the same teacher, data and student init in any
+process, whatever else is drawn (with or without W*, any dtype, any pack). Draws are made in
+float64 and rounded to the run's dtype.
+
+The frozen parts ``H = φ(x W_inᵀ)`` and ``G = H W*ᵀ`` (train and test) and the teacher's targets
+are computed once per (width, data seed, dtype) and kept in a small per-process cache
+(:func:`frozen_parts`), so consecutive packs in one worker share them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..init import init_pair_
+from .spec import SyntheticSpec, SyntheticTaskSpec
+
+__all__ = ["FrozenParts", "clear_cache", "frozen_parts", "init_student", "stream_generator", "teacher_weights"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_CACHE: OrderedDict[tuple, FrozenParts] = OrderedDict()
+_CACHE_SIZE = 2
+
+
+def stream_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator for one named random stream of ``seed`` (stable across processes)."""
+    digest = hashlib.sha256(f"loradyn.synthetic:{stream}:{int(seed)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _normal(shape: tuple[int, ...], std: float, seed: int, stream: str) -> torch.Tensor:
+    out = torch.empty(shape, dtype=torch.float64)
+    return out.normal_(0.0, std, generator=stream_generator(seed, stream))
+
+
+def teacher_weights(task: SyntheticTaskSpec, data_seed: int) -> dict[str, torch.Tensor]:
+    """The frozen network and the teacher's adapter, float64.
+
+    ``w_in`` (n, d) ~ N(0, 1/d); ``w_star`` (n, n) ~ N(0, 1/n) (absent without W*); ``w_out``
+    (d_out, n) ~ N(0, 1/n); ``a_star`` (r*, n) ~ N(0, 1/n); ``b_star`` (n, r*) ~ N(0, 1/r*);
+    ``x_train`` (N, d) and ``x_test`` (N_test, d) ~ N(0, 1).
+    """
+    n, d, r = task.width, task.d_in, task.teacher_rank
+    w = {
+        "w_in": _normal((n, d), d**-0.5, data_seed, f"w_in:{n}:{d}"),
+        "w_out": _normal((task.d_out, n), n**-0.5, data_seed, f"w_out:{n}:{task.d_out}"),
+        "a_star": _normal((r, n), n**-0.5, data_seed, f"a_star:{n}:{r}"),
+        "b_star": _normal((n, r), r**-0.5, data_seed, f"b_star:{n}:{r}"),
+        "x_train": _normal((task.n_train, d), 1.0, data_seed, f"x_train:{d}"),
+        "x_test": _normal((task.n_test, d), 1.0, data_seed, f"x_test:{d}"),
+    }
+    if task.with_w_star:
+        w["w_star"] = _normal((n, n), n**-0.5, data_seed, f"w_star:{n}")
+    return w
+
+
+@dataclass
+class FrozenParts:
+    """Everything a pack needs that does not depend on the trained adapter (run dtype).
+
+    Attributes:
+        h_train, h_test: ``φ(x W_inᵀ)``, (N, n) and (N_test, n).
+        g_train, g_test: ``H W*ᵀ`` (None without W*).
+        y_train, y_test: the teacher's outputs, (N, d_out) and (N_test, d_out).
+        w_out: (d_out, n).
+        w_star: (n, n), kept only when full finetuning needs it.
+    """
+
+    h_train: torch.Tensor
+    h_test: torch.Tensor
+    g_train: torch.Tensor | None
+    g_test: torch.Tensor | None
+    y_train: torch.Tensor
+    y_test: torch.Tensor
+    w_out: torch.Tensor
+    w_star: torch.Tensor | None = None
+
+
+def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_star: bool) -> FrozenParts:
+    w = teacher_weights(task, data_seed)
+    cast = {k: v.to(dtype) for k, v in w.items()}
+    parts: dict[str, torch.Tensor | None] = {}
+    for split in ("train", "test"):
+        h = torch.relu(cast[f"x_{split}"] @ cast["w_in"].T)
+        g = h @ cast["w_star"].T if task.with_w_star else None
+        p_star = (h @ cast["a_star"].T) @ cast["b_star"].T
+        if g is not None:
+            p_star += g
+        parts[f"h_{split}"], parts[f"g_{split}"] = h, g
+        parts[f"y_{split}"] = torch.relu(p_star) @ cast["w_out"].T
+    w_star = cast.get("w_star") if keep_w_star else None
+    return FrozenParts(**parts, w_out=cast["w_out"].contiguous(), w_star=w_star)
+
+
+def frozen_parts(config: SyntheticSpec, *, keep_w_star: bool = False) -> FrozenParts:
+    """The frozen parts for ``config``'s task, data seed and dtype (cached per process)."""
+    task = config.task
+    key = (
+        task.width, task.d_in, task.d_out, task.n_train, task.n_test, task.teacher_rank,
+        task.with_w_star, config.data_seed, config.train.dtype,
+    )
+    hit = _CACHE.get(key)
+    if hit is not None and (hit.w_star is not None or not keep_w_star or not task.with_w_star):
+        _CACHE.move_to_end(key)
+        return hit
+    _CACHE.pop(key, None)
+    while len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    parts = _build(task, config.data_seed, _DTYPES[config.train.dtype], keep_w_star)
+    _CACHE[key] = parts
+    return parts
+
+
+def clear_cache() -> None:
+    """Drop the per-process cache of frozen parts."""
+    _CACHE.clear()
+
+
+def init_student(config: SyntheticSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's ``lora_A`` (r, n) and ``lora_B`` (n, r) at init, in the run dtype.
+
+    Drawn in float64 from the trial seed's ``student`` stream with :func:`loradyn.init.init_pair_`
+    (Init[A]: A random, B = 0; Init[B]: A = 0, B random), then rounded.
+    """
+    n, r = config.task.width, config.lora.rank
+    a = torch.empty(r, n, dtype=torch.float64)
+    b = torch.empty(n, r, dtype=torch.float64)
+    init_pair_(
+        a, b, config.lora.init, fan_in=n, std_a=config.lora.std_a, std_b=config.lora.std_b,
+        distribution=config.lora.distribution, generator=stream_generator(config.seed, f"student:{n}:{r}"),
+    )
+    dtype = _DTYPES[config.train.dtype]
+    return a.to(dtype), b.to(dtype)

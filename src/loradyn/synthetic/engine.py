@@ -1,0 +1,346 @@
+"""The batched teacher–student engine: K LoRA configurations trained at once, hand-written.
+
+One *pack* shares the width, rank, data seed, dtype, step count and Adam's betas/ε/weight decay;
+each configuration has its own init, α rule, ``lr_a`` and ``lr_b = lr_ratio·lr_a`` and Adam state.
+For k live configurations a step is (H = φ(W_in x), G = H W*ᵀ precomputed; ``Bt`` = Bᵀ)::
+
+    Zᵀ  = A_cat · Hᵀ                    one GEMM for all configs (A_cat = the k A's stacked)
+    P   = G + α Z · Bt ; R = relu(P)    baddbmm into a preallocated block, relu in place
+    y   = R · W_outᵀ ; loss_k = mean((y - y*)²)
+    M   = 1[P > 0] = sign(R) (in place) ; dP = M ⊙ (∂L/∂y · W_out) is never formed:
+    ∇Bt = Σ_o w_o ⊙ ((αZ ⊙ ∂L/∂y_o)ᵀ M) ;  ∇A_cat = (α Σ_o ∂L/∂y_o ⊙ M (Bt ⊙ w_o)ᵀ)ᵀ · H
+    Adam with per-config learning rates (a (k,1,1) tensor multiplies the update direction)
+
+The data rows are processed in blocks (:func:`block_rows`) so the (k, rows, n) block of P stays in
+cache and H, G are streamed once per step for all k configurations. No autograd and no per-step
+allocation of (k, N, n) tensors (performance.md §5). Every operation is row- or batch-separable,
+so a configuration's numbers do not depend on which others share its pack: removing one (e.g.
+when it diverges) leaves the rest bit-for-bit unchanged (tested).
+
+Divergence: the loss of every live configuration is checked at every step; a non-finite loss or
+one above ``train.blowup_factor`` × its step-0 loss freezes the configuration at that step (it is
+removed from the pack before its update) and it is reported as ``diverged``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import FrozenParts, init_student
+from .spec import SyntheticSpec
+
+__all__ = ["ChunkOutcome", "eval_loss", "train_full", "train_lora_chunk"]
+
+MODULE = "hidden"  # the LoRA pair's name in probe records
+
+
+@dataclass
+class ChunkOutcome:
+    """What the engine returns per configuration (the task turns it into a TrialResult)."""
+
+    status: str = "done"
+    diverged_step: int = -1
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    lora_A: torch.Tensor | None = None  # (r, n) final
+    lora_B: torch.Tensor | None = None  # (n, r) final
+
+
+def _forward(a, bt, alpha, h, g, w_out):
+    """Outputs (k, N, d) and Zᵀ (k, r, N) for stacked A (k,r,n), Bt (k,r,n), alpha (k,1,1). Allocates."""
+    k, r, n = a.shape
+    zt = (a.reshape(k * r, n) @ h.T).view(k, r, -1)
+    zs = zt.transpose(1, 2) * alpha
+    p = torch.bmm(zs, bt) if g is None else torch.baddbmm(g.expand(k, *g.shape), zs, bt)
+    p.relu_()
+    y = (p.view(-1, n) @ w_out.T).view(k, h.shape[0], -1)
+    return y, zt
+
+
+def eval_loss(a, bt, alpha, h, g, y_target, w_out) -> torch.Tensor:
+    """Per-config MSE (k,) of stacked adapters on one split (allocating; not the hot loop)."""
+    y, _ = _forward(a, bt, alpha, h, g, w_out)
+    return (y - y_target).square().mean(dim=(1, 2))
+
+
+def _norm_rows(zt, bt, alpha, step: int) -> list[list[dict]]:
+    """Probe records per config: data-averaged l2/rms of z_a (r), z_b = B z_a and α z_b (n)."""
+    k, r, _ = zt.shape
+    n = bt.shape[2]
+    za_l2 = zt.square().sum(dim=1).sqrt()  # (k, N)
+    gram = torch.bmm(bt, bt.transpose(1, 2))  # (k, r, r) = BᵀB
+    zb_sq = (torch.bmm(gram, zt) * zt).sum(dim=1).clamp_min(0)  # zᵀ BᵀB z
+    zb_l2 = zb_sq.sqrt()
+    za = za_l2.mean(dim=1).tolist()
+    zb = zb_l2.mean(dim=1).tolist()
+    al = alpha.view(-1).abs().tolist()
+    out = []
+    for i in range(k):
+        vals = {"z_a": (za[i], r), "z_b": (zb[i], n), "lora_out": (zb[i] * al[i], n)}
+        rows = []
+        for feature, (l2, dim) in vals.items():
+            rows.append({"step": step, "module": MODULE, "feature": feature, "stat": "rms", "value": l2 / math.sqrt(dim)})
+            rows.append({"step": step, "module": MODULE, "feature": feature, "stat": "l2", "value": l2})
+        out.append(rows)
+    return out
+
+
+class _Adam:
+    """Batched Adam/AdamW over a (k, ...) stack; the update direction is shared, lr is per config."""
+
+    def __init__(self, param: torch.Tensor, lr: torch.Tensor, optim) -> None:
+        self.p, self.lr = param, lr
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.buf = torch.empty_like(param)
+        self.beta1, self.beta2 = optim.betas
+        self.eps, self.wd, self.decoupled = optim.eps, optim.weight_decay, optim.name == "adamw"
+
+    def step(self, grad: torch.Tensor, t: int) -> None:
+        if self.wd and not self.decoupled:
+            grad.add_(self.p, alpha=self.wd)
+        self.m.lerp_(grad, 1 - self.beta1)
+        self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias1 = 1 - self.beta1**t
+        bias2_sqrt = math.sqrt(1 - self.beta2**t)
+        torch.sqrt(self.v, out=self.buf).div_(bias2_sqrt).add_(self.eps)
+        torch.div(self.m, self.buf, out=self.buf)
+        if self.wd and self.decoupled:
+            self.p.mul_(1 - self.lr * self.wd)
+        self.p.sub_(self.buf.mul_(self.lr / bias1))
+
+    def keep(self, idx: torch.Tensor) -> None:
+        for name in ("m", "v", "buf"):
+            setattr(self, name, getattr(self, name)[idx].contiguous())
+
+
+def _steps_set(every: int, extra: Sequence[int], steps: int) -> set[int]:
+    out = {s for s in extra if 0 <= s <= steps}
+    if every:
+        out.update(range(0, steps + 1, every))
+    return out
+
+
+BLOCK_BYTES = 1 << 18  # per configuration: rows of P processed at once (~256 KB each)
+
+
+def block_rows(n: int, n_train: int, itemsize: int) -> int:
+    """Data rows per block, so that one configuration's block of P is ~``BLOCK_BYTES``.
+
+    It depends on the width and dtype only, never on how many configurations share the pack:
+    the summation order of every loss and gradient is then the same in any pack.
+    """
+    return max(8, min(n_train, (BLOCK_BYTES // max(1, n * itemsize)) // 8 * 8))
+
+
+class _Pass:
+    """One fused, row-blocked forward (+ backward) over the training data for k live configs.
+
+    For each block of rows: Zᵀ = A_cat·H_blkᵀ, P = G_blk + αZ·Bt, R = relu(P), y = R·W_outᵀ,
+    residual, then M = 1[P > 0] (``R.sign_()``: R ≥ 0) and, since dP = M ⊙ (res·W_out),
+    ∇Bt += Σ_o w_o ⊙ ((αZ ⊙ res_o)ᵀ M) and dZ = α Σ_o res_o ⊙ (M (Bt ⊙ w_o)ᵀ), ∇A_cat += dZᵀ H_blk.
+    H and G are read once per step for all k configs, P never leaves the cache, no (k, N, n)
+    tensor exists, and every operation is separable per config (a config's numbers do not
+    depend on the others).
+    """
+
+    def __init__(self, frozen: FrozenParts, k: int, r: int) -> None:
+        self.h, self.g, self.y_star, self.w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
+        self.n_train, self.n = self.h.shape
+        self.d_out = self.w_out.shape[0]
+        self.r = r
+        dtype = self.h.dtype
+        self.rows = block_rows(self.n, self.n_train, self.h.element_size())
+        self.p_flat = torch.empty(k * self.rows * self.n, dtype=dtype)
+        self.zt = torch.empty(k * r, self.n_train, dtype=dtype)  # Zᵀ of the whole step (for norms)
+        self.w_col = self.w_out.T.contiguous()  # (n, d_out)
+
+    def run(self, a, bt, alpha, backward: bool):
+        """Loss per config (k,) and, with ``backward``, (∇A, ∇Bt), each (k, r, n)."""
+        kk, r, n = a.shape
+        d_out, scale = self.d_out, 2.0 / (self.n_train * self.d_out)
+        rows = self.rows
+        a_cat = a.view(kk * r, n)
+        loss = torch.zeros(kk, dtype=a.dtype)
+        zt = self.zt[: kk * r]
+        if backward:
+            grad_a = torch.zeros(kk * r, n, dtype=a.dtype)
+            grad_bt = torch.zeros(kk, d_out * r, n, dtype=a.dtype)
+            bw = (bt.unsqueeze(1) * self.w_out.view(1, d_out, 1, n)).view(kk, d_out * r, n).transpose(1, 2)
+        w_exp = self.w_col.expand(kk, n, d_out)
+        for i0 in range(0, self.n_train, rows):
+            i1 = min(self.n_train, i0 + rows)
+            m = i1 - i0
+            h_blk = self.h[i0:i1]
+            zt_blk = torch.mm(a_cat, h_blk.T)  # (k r, m)
+            zt[:, i0:i1] = zt_blk
+            zs = zt_blk.view(kk, r, m).transpose(1, 2) * alpha  # α Z, (k, m, r)
+            p = self.p_flat[: kk * m * n].view(kk, m, n)
+            if self.g is None:
+                torch.bmm(zs, bt, out=p)
+            else:
+                torch.baddbmm(self.g[i0:i1].expand(kk, m, n), zs, bt, out=p)
+            p.relu_()
+            res = torch.bmm(p, w_exp).sub_(self.y_star[i0:i1])  # (k, m, d_out)
+            loss.add_(res.square().sum(dim=(1, 2)))
+            if not backward:
+                continue
+            p.sign_()  # M = 1[P > 0] (NaN stays NaN)
+            res.mul_(scale)  # ∂L/∂y
+            zr = (zs.unsqueeze(2) * res.unsqueeze(3)).view(kk, m, d_out * r)
+            grad_bt.baddbmm_(zr.transpose(1, 2), p)
+            mb = torch.bmm(p, bw).view(kk, m, d_out, r)
+            dz = (mb * res.unsqueeze(3)).sum(dim=2) if d_out > 1 else mb.view(kk, m, r).mul_(res)
+            dzt = (dz.transpose(1, 2) * alpha).reshape(kk * r, m)
+            grad_a.addmm_(dzt, h_blk)
+        loss.div_(self.n_train * d_out)
+        if not backward:
+            return loss, None, None
+        grad_bt = grad_bt.view(kk, d_out, r, n).mul_(self.w_out.view(1, d_out, 1, n)).sum(dim=1)
+        return loss, grad_a.view(kk, r, n), grad_bt
+
+
+def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> list[ChunkOutcome]:
+    """Train ``configs`` (one pack key, same data seed) together; one outcome per config, in order."""
+    cfg0 = configs[0]
+    train = cfg0.train
+    dtype = frozen.h_train.dtype
+    w_out = frozen.w_out
+    n_train = frozen.h_train.shape[0]
+    k = len(configs)
+    r = cfg0.lora.rank
+
+    inits = [init_student(c) for c in configs]
+    a = torch.stack([ai for ai, _ in inits]).contiguous()  # (k, r, n)
+    bt = torch.stack([bi.T for _, bi in inits]).contiguous()  # (k, r, n) = Bᵀ
+    col = lambda vals: torch.tensor(vals, dtype=dtype).view(-1, 1, 1)  # noqa: E731
+    alpha = col([c.lora.alpha for c in configs])
+    opt_a = _Adam(a, col([c.optim.lr_a for c in configs]), cfg0.optim)
+    opt_b = _Adam(bt, col([c.optim.lr_a * c.optim.lr_ratio for c in configs]), cfg0.optim)
+    engine = _Pass(frozen, k, r)
+
+    live = list(range(k))  # original index of each live row
+    outcomes = [ChunkOutcome() for _ in configs]
+    probe_steps = _steps_set(train.record_every, train.record_steps, train.steps)
+    curve_steps = _steps_set(train.curve_every, (train.steps,) if train.curve_every else (), train.steps)
+    initial: list[float] = [math.nan] * k
+    threshold = None
+
+    def finish(rows: list[int], t: int, losses: list[float], status: str) -> None:
+        """Final metrics for live rows ``rows`` (positions in the stack) at step t."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        a_s, bt_s, al_s = a[idx], bt[idx], alpha[idx]
+        test = eval_loss(a_s, bt_s, al_s, frozen.h_test, frozen.g_test, frozen.y_test, w_out).tolist()
+        norms = _norm_rows(engine.zt.view(-1, r, n_train)[idx], bt_s, al_s, t)
+        for j, pos in enumerate(rows):
+            o = outcomes[live[pos]]
+            o.status = status
+            o.diverged_step = t if status == "diverged" else -1
+            loss = losses[pos]
+            o.metrics.update({
+                "final_train_loss": loss if math.isfinite(loss) else math.inf,
+                "test_loss": test[j] if math.isfinite(test[j]) else math.inf,
+                "initial_train_loss": initial[live[pos]],
+                "diverged_step": float(o.diverged_step),
+            })
+            for rec in norms[j]:
+                if rec["feature"] in ("z_a", "z_b"):
+                    o.metrics[f"{rec['feature']}_{rec['stat']}"] = rec["value"]
+            o.lora_A = a_s[j].clone()
+            o.lora_B = bt_s[j].T.clone()
+
+    for t in range(train.steps + 1):
+        kk = len(live)
+        loss_t, grad_a, grad_bt = engine.run(a, bt, alpha, backward=t < train.steps)
+        losses = loss_t.tolist()
+        if t == 0:
+            for pos, i in enumerate(live):
+                initial[i] = losses[pos]
+            threshold = loss_t * train.blowup_factor
+        if t in probe_steps:
+            for pos, rows in enumerate(_norm_rows(engine.zt[: kk * r].view(kk, r, n_train), bt, alpha, t)):
+                outcomes[live[pos]].probes.extend(rows)
+        if t in curve_steps:
+            test_t = eval_loss(a, bt, alpha, frozen.h_test, frozen.g_test, frozen.y_test, w_out).tolist()
+            for pos, i in enumerate(live):
+                outcomes[i].curves.append({"step": t, "metric": "train_loss", "value": losses[pos]})
+                outcomes[i].curves.append({"step": t, "metric": "test_loss", "value": test_t[pos]})
+        # ---- divergence: freeze before the update ----
+        bad = ~torch.isfinite(loss_t) | (loss_t > threshold)
+        if bool(bad.any()):
+            finish(bad.nonzero().view(-1).tolist(), t, losses, "diverged")
+            keep = (~bad).nonzero().view(-1)
+            keep_list = keep.tolist()
+            if not keep_list:
+                break
+            a, bt, alpha, threshold = (x[keep].contiguous() for x in (a, bt, alpha, threshold))
+            engine.zt[: len(keep_list) * r] = engine.zt[: kk * r].view(kk, r, n_train)[keep].reshape(-1, n_train)
+            opt_a.p, opt_b.p = a, bt
+            opt_a.lr, opt_b.lr = opt_a.lr[keep].contiguous(), opt_b.lr[keep].contiguous()
+            opt_a.keep(keep)
+            opt_b.keep(keep)
+            losses = [losses[j] for j in keep_list]
+            live = [live[j] for j in keep_list]
+            if grad_a is not None:
+                grad_a, grad_bt = grad_a[keep].contiguous(), grad_bt[keep].contiguous()
+        if t == train.steps:
+            finish(list(range(len(live))), t, losses, "done")
+            break
+        opt_a.step(grad_a, t + 1)
+        opt_b.step(grad_bt, t + 1)
+    return outcomes
+
+
+def train_full(frozen: FrozenParts, config: SyntheticSpec) -> ChunkOutcome:
+    """Full finetuning of the hidden matrix (W* + ΔW, ΔW from 0) with Adam at ``optim.lr_a``."""
+    train = config.train
+    h, g, y_star, w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
+    n_train, n = h.shape
+    d_out = w_out.shape[0]
+    dw = torch.zeros(1, n, n, dtype=h.dtype)
+    opt = _Adam(dw, torch.tensor(config.optim.lr_a, dtype=h.dtype).view(1, 1, 1), config.optim)
+    out = ChunkOutcome()
+    curve_steps = _steps_set(train.curve_every, (train.steps,) if train.curve_every else (), train.steps)
+    threshold = None
+
+    def fwd(hh, gg):
+        p = hh @ dw[0].T
+        if gg is not None:
+            p += gg
+        p.relu_()
+        return p, p @ w_out.T
+
+    for t in range(train.steps + 1):
+        p, y = fwd(h, g)
+        res = y - y_star
+        loss = float(res.square().mean())
+        if t == 0:
+            out.metrics["initial_train_loss"] = loss
+            threshold = train.blowup_factor * loss
+        if t in curve_steps:
+            test = float((fwd(frozen.h_test, frozen.g_test)[1] - frozen.y_test).square().mean())
+            out.curves += [
+                {"step": t, "metric": "train_loss", "value": loss},
+                {"step": t, "metric": "test_loss", "value": test},
+            ]
+        bad = not math.isfinite(loss) or loss > threshold
+        if bad or t == train.steps:
+            test = float((fwd(frozen.h_test, frozen.g_test)[1] - frozen.y_test).square().mean())
+            out.status = "diverged" if bad else "done"
+            out.diverged_step = t if bad else -1
+            out.metrics.update({
+                "final_train_loss": loss if math.isfinite(loss) else math.inf,
+                "test_loss": test if math.isfinite(test) else math.inf,
+                "diverged_step": float(out.diverged_step),
+            })
+            break
+        d = (res * (2.0 / (n_train * d_out))) @ w_out
+        torch.ops.aten.threshold_backward.grad_input(d, p, 0, grad_input=d)
+        opt.step((d.T @ h).unsqueeze(0), t + 1)
+    out.metrics["delta_w_rms"] = float(dw.square().mean().sqrt())
+    return out

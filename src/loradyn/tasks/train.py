@@ -1,0 +1,248 @@
+"""The training loop of the real-model tasks: solo PEFT runs and multi-adapter packs, one code path.
+
+:func:`train_trials` trains trial configurations that share a pack key either together, as one
+:class:`loradyn.packs.AdapterPack` on one base model, or one after the other as solo PEFT runs
+(each on a fresh copy of the base). Everything goes through the core: PEFT LoRA layers,
+:func:`loradyn.init_lora_` (per adapter in a pack), LoRA+ param groups
+(:func:`loradyn.create_loraplus_optimizer`), :class:`loradyn.FeatureNormProbe`.
+
+A trial whose training loss becomes non-finite is frozen at that step and reported ``diverged``;
+the other adapters of its pack go on unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import LoradynError
+from ..init import init_lora_
+from ..optim import create_loraplus_optimizer
+from ..packs import (
+    AdapterPack,
+    add_adapters,
+    clip_grad_norm_per_adapter,
+    init_adapter_,
+    pack_param_groups,
+)
+from ..probes import FeatureNormProbe
+from ..sweep.protocol import TrialResult
+from .models import check_targets, lora_config
+
+__all__ = ["train_trials", "SoloPack"]
+
+
+class SoloPack:
+    """The pack interface for one adapter trained by plain PEFT (no routing)."""
+
+    k = 1
+
+    def __init__(self, adapter: str = "default") -> None:
+        self.adapters = [adapter]
+
+    def __enter__(self) -> SoloPack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def repeat(self, batch):
+        return dict(batch)
+
+    def split(self, tensor):
+        return (tensor,)
+
+    def drop(self, adapter: str) -> None:
+        if adapter in self.adapters:
+            self.adapters.remove(adapter)
+
+
+def _optimizer_cls(name: str):
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+
+
+def _schedule(train, steps: int):
+    def factor(step: int) -> float:
+        if train.warmup_steps and step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        if train.schedule == "linear":
+            rest = max(steps - train.warmup_steps, 1)
+            return max(0.0, 1.0 - (step - train.warmup_steps) / rest)
+        return 1.0
+
+    return factor
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype = torch.float32):
+    """A PEFT model over ``base`` with one adapter per config (``default`` when solo), initialised.
+
+    Returns:
+        ``(model, adapter_names)``.
+    """
+    from peft import get_peft_model
+
+    first = configs[0]
+    base = recipe.base_model(dtype) if base is None else base
+    targets = check_targets(base, first.lora.target_modules)
+    peft_config = lora_config(first.lora, task_type=recipe.task_type, targets=targets)
+    names = ["default"] if len(configs) == 1 else [f"t{i}" for i in range(len(configs))]
+    model = get_peft_model(base, peft_config, adapter_name=names[0])
+    if len(names) > 1:
+        add_adapters(model, names[1:], peft_config)
+    for name, c in zip(names, configs):
+        kw = dict(std_a=c.lora.std_a, std_b=c.lora.std_b, distribution=c.lora.distribution, generator=c.seed)
+        if len(names) == 1:
+            init_lora_(model, c.lora.init, **kw)
+        else:
+            init_adapter_(model, name, c.lora.init, **kw)
+        recipe.reset_head(model, name, c.seed)
+    return model, names
+
+
+def build_optimizer(model, names: Sequence[str], configs: Sequence[Any]):
+    """LoRA+ AdamW/Adam: ``create_loraplus_optimizer`` solo, per-adapter groups in a pack."""
+    o = configs[0].optim
+    cls = _optimizer_cls(o.name)
+    kw = dict(betas=tuple(o.betas), eps=o.eps)
+    if len(names) == 1:
+        return create_loraplus_optimizer(model, cls, lr=o.lr_a, lr_ratio=o.lr_ratio, weight_decay=o.weight_decay, **kw)
+    settings = {n: {"lr": c.optim.lr_a, "lr_ratio": c.optim.lr_ratio, "weight_decay": c.optim.weight_decay}
+                for n, c in zip(names, configs)}
+    return cls(pack_param_groups(model, settings), lr=o.lr_a, **kw)
+
+
+def train_trials(recipe, configs: Sequence[Any], *, pack: bool, base=None, dtype: torch.dtype = torch.float32,
+                 keep_model: bool = False) -> list[TrialResult] | tuple[list[TrialResult], Any]:
+    """Train ``configs`` (same pack key) as one pack or as sequential solo runs.
+
+    Args:
+        recipe: the task's recipe (data, losses, evaluation).
+        configs: trial configurations.
+        pack: train them together on one base model (else one solo PEFT run each).
+        base: a base model to use (solo runs use deep copies of it); loaded when None.
+        dtype: parameter dtype of a base loaded here.
+        keep_model: also return the trained model(s) (tests).
+
+    Returns:
+        One :class:`TrialResult` per config, in order (and the models when ``keep_model``).
+    """
+    base = recipe.base_model(dtype) if base is None else base
+    if pack and len(configs) > 1:
+        results, model = _train(recipe, configs, base)
+        return (results, [model]) if keep_model else results
+    results, models = [], []
+    for c in configs:
+        res, model = _train(recipe, [c], copy.deepcopy(base))
+        results.extend(res)
+        models.append(model)
+    return (results, models) if keep_model else results
+
+
+def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any]:
+    t0 = time.perf_counter()
+    train = configs[0].train
+    torch.set_num_threads(train.threads)
+    model, names = build_model(recipe, configs, base)
+    optimizer = build_optimizer(model, names, configs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train, train.steps))
+    router = AdapterPack(model, names) if len(names) > 1 else SoloPack(names[0])
+    seed = train.data_order_seed if train.data_order_seed is not None else configs[0].seed
+    batches = recipe.train_batches(train.batch_size, seed)
+    index = {n: i for i, n in enumerate(names)}
+    losses: list[list[float]] = [[] for _ in names]
+    curves: list[list[dict[str, Any]]] = [[] for _ in names]
+    diverged: dict[str, int] = {}
+    probe = FeatureNormProbe(model, every=train.probe_every) if train.probe_every else None
+    model.train()
+    with router, (probe or contextlib.nullcontext()):
+        for step in range(train.steps):
+            batch = next(batches)
+            live = list(router.adapters)
+            with _autocast(train.bf16):
+                logits = model(**router.repeat(recipe.inputs(batch))).logits
+                slice_losses = recipe.slice_losses(logits, batch, len(live))
+            good = []
+            for name, loss in zip(live, slice_losses):
+                value = float(loss.detach())
+                losses[index[name]].append(value)
+                curves[index[name]].append({"step": step, "metric": "train_loss", "value": value})
+                if math.isfinite(value):
+                    good.append(loss)
+                else:
+                    diverged[name] = step
+            if good:
+                torch.stack(good).sum().backward()
+            for name in live:
+                if name in diverged:
+                    router.drop(name)  # frozen: no grad, no update, no slice in later batches
+            if not router.adapters:
+                break
+            if train.max_grad_norm is not None:
+                clip_grad_norm_per_adapter(model, router.adapters, train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if probe is not None:
+                probe.step()
+            if train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < train.steps:
+                for name, metrics in zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val"], final=False)):
+                    for metric, value in metrics.items():
+                        curves[index[name]].append({"step": step + 1, "metric": metric, "value": value})
+        final = {}
+        if router.adapters:
+            final = dict(zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val", "test"], final=True)))
+    probe_rows = _split_probe(probe, names) if probe is not None else [[] for _ in names]
+    seconds = (time.perf_counter() - t0) / len(names)
+    results = []
+    for i, name in enumerate(names):
+        tail = losses[i][-max(1, min(10, len(losses[i]))):] if losses[i] else [math.nan]
+        metrics = {"final_train_loss": float(sum(tail) / len(tail)), "steps_done": float(len(losses[i]))}
+        if name in diverged:
+            metrics["diverged_step"] = float(diverged[name])
+            results.append(TrialResult("diverged", metrics, curves[i], probe_rows[i], None, seconds))
+            continue
+        metrics.update(final.get(name, {}))
+        for metric, value in final.get(name, {}).items():
+            if metric.startswith("val_"):
+                curves[i].append({"step": len(losses[i]), "metric": metric, "value": value})
+        results.append(TrialResult("done", metrics, curves[i], probe_rows[i], None, seconds))
+    return results, model
+
+
+def _evaluate(recipe, model, router, train, probe, splits, *, final: bool) -> list[dict[str, float]]:
+    model.eval()
+    merged: list[dict[str, float]] = [{} for _ in router.adapters]
+    ctx = probe.paused() if probe is not None else contextlib.nullcontext()
+    with ctx, _autocast(train.bf16):
+        for split in splits:
+            for out, metrics in zip(merged, recipe.evaluate(model, router, split, train.eval_batch_size, final=final)):
+                out.update(metrics)
+    model.train()
+    return merged
+
+
+def _split_probe(probe: FeatureNormProbe, names: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Probe records per adapter; module names lose the adapter suffix (``layer[t3]`` -> ``layer``)."""
+    out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for rec in probe.records:
+        module, _, adapter = rec["module"].rpartition("[")
+        adapter = adapter.rstrip("]")
+        if adapter in out:
+            out[adapter].append({**rec, "module": module})
+    return [out[n] for n in names]
+
+
+def check_pack_compatible(configs: Sequence[Any], key) -> None:
+    keys = {key(c) for c in configs}
+    if len(keys) > 1:
+        raise LoradynError("trials of one pack must share their pack key (task, lora shape, train, data order)")

@@ -1,0 +1,97 @@
+"""Analysis helpers on synthetic tables with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loradyn.analysis import best_pair, fit_log2_slope, optimal_lr, parabola_vertex, seed_mean
+from loradyn.errors import LoradynError
+
+
+def bowl(log2_opt: float, lrs, seeds=(0, 1, 2), curvature=0.3, noise=0.0, **cols):
+    """loss = 10^(c (log2 lr - log2_opt)^2) * 1e-3: its parabola in (log2 lr, log10 loss) is exact."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for lr in lrs:
+        for s in seeds:
+            loss = 1e-3 * 10 ** (curvature * (math.log2(lr) - log2_opt) ** 2) * (1 + noise * rng.standard_normal())
+            rows.append({"lr_a": lr, "seed": s, "final_train_loss": loss, "diverged": False, **cols})
+    return pd.DataFrame(rows)
+
+
+def test_parabola_refines_to_the_true_optimum_between_grid_points():
+    lrs = [2.0**e for e in np.arange(-12, -3.9, 0.5)]
+    opt = optimal_lr(bowl(-7.3, lrs), lr="lr_a")
+    assert opt["refined"].iloc[0] and opt["edge"].iloc[0] == ""
+    assert opt["log2_lr_opt"].iloc[0] == pytest.approx(-7.3, abs=1e-9)
+    assert opt["lr_grid_opt"].iloc[0] == pytest.approx(2.0**-7.5)
+
+
+def test_edges_are_flagged_and_not_refined():
+    lrs = [2.0**e for e in range(-10, -5)]
+    low = optimal_lr(bowl(-12, lrs), lr="lr_a")
+    high = optimal_lr(bowl(-3, lrs), lr="lr_a")
+    assert (low["edge"].iloc[0], high["edge"].iloc[0]) == ("low", "high")
+    assert not low["refined"].iloc[0] and low["lr_opt"].iloc[0] == 2.0**-10
+
+
+def test_diverged_seed_makes_its_lr_ineligible():
+    lrs = [2.0**e for e in range(-10, -3)]
+    df = bowl(-7.0, lrs)
+    df.loc[(df["lr_a"] == 2.0**-7) & (df["seed"] == 1), "diverged"] = True
+    opt = optimal_lr(df, lr="lr_a")
+    assert opt["lr_grid_opt"].iloc[0] in (2.0**-8, 2.0**-6)
+    means = seed_mean(df, "lr_a")
+    assert means.loc[means["lr_a"] == 2.0**-7, "mean"].iloc[0] == math.inf
+    assert means["n_diverged"].sum() == 1
+
+
+def test_unstable_neighbour_is_flagged():
+    lrs = [2.0**e for e in range(-10, -3)]
+    df = bowl(-6.0, lrs)
+    df.loc[df["lr_a"] == 2.0**-5, "final_train_loss"] = math.nan
+    opt = optimal_lr(df, lr="lr_a")
+    assert opt["edge"].iloc[0] == "unstable" and not opt["refined"].iloc[0]
+
+
+def test_optimal_lr_by_groups():
+    lrs = [2.0**e for e in np.arange(-14, -1.9, 0.5)]
+    df = pd.concat([bowl(-5 - 0.5 * k, lrs, width=2**(7 + k), init="A") for k in range(4)]
+                   + [bowl(-5 - 1.0 * k, lrs, width=2**(7 + k), init="B") for k in range(4)])
+    opt = optimal_lr(df, by=["init", "width"], lr="lr_a")
+    assert len(opt) == 8
+    fits = fit_log2_slope(opt, "width", "lr_opt", by="init")
+    slopes = dict(zip(fits["init"], fits["slope"]))
+    assert slopes["A"] == pytest.approx(-0.5, abs=1e-9) and slopes["B"] == pytest.approx(-1.0, abs=1e-9)
+    assert (fits["r2"] > 0.999).all() and (fits["n_points"] == 4).all()
+
+
+def test_fit_log2_slope_stderr_and_bad_rows():
+    df = pd.DataFrame({"x": [1, 2, 4, 8, 0, 16], "y": [1.0, 0.5, 0.26, 0.125, 3.0, math.nan]})
+    fit = fit_log2_slope(df, "x", "y")
+    assert fit["n_points"].iloc[0] == 4
+    assert fit["slope"].iloc[0] == pytest.approx(-1.0, abs=0.03)
+    assert 0 < fit["stderr"].iloc[0] < 0.05
+    with pytest.raises(LoradynError, match="lacks column"):
+        fit_log2_slope(df, "x", "nope")
+
+
+def test_parabola_vertex():
+    assert parabola_vertex([0, 1, 2], [1, 0, 1]) == pytest.approx(1.0)
+    assert parabola_vertex([0, 1, 2], [0, 1, 0]) is None  # concave
+
+
+def test_best_pair_finds_the_off_diagonal_optimum():
+    rows = []
+    for ea in range(-10, -3):
+        for eb in range(-10, 0):
+            loss = 1e-3 * 10 ** (0.2 * ((ea + 8) ** 2 + (eb + 4) ** 2))
+            rows += [{"lr_a": 2.0**ea, "lr_b": 2.0**eb, "seed": s, "final_train_loss": loss, "diverged": False} for s in (0, 1)]
+    best = best_pair(pd.DataFrame(rows))
+    r = best.iloc[0]
+    assert (r.lr_a_opt, r.lr_b_opt, r.ratio_opt) == (2.0**-8, 2.0**-4, 16.0)
+    assert r.gain > 1 and r.edge == ""

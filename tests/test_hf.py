@@ -1,0 +1,126 @@
+"""loradyn.hf: LoRA+ through create_optimizer, init, probe logging, and 2-process CPU DDP via accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+import loradyn  # noqa: E402
+from loradyn.errors import LoradynError  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+HERE = Path(__file__).parent
+
+
+def _model():
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return get_peft_model(BertForSequenceClassification(cfg),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"))
+
+
+def _args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
+                weight_decay=0.05, logging_steps=2, report_to=[], save_strategy="no", use_cpu=True,
+                disable_tqdm=True, lr_scheduler_type="constant")
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _dataset():
+    sys.path.insert(0, str(HERE))
+    from hf_ddp_script import Rows
+
+    return Rows(16, 8, 64)
+
+
+def _lr_by_name(trainer, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+def test_loradyn_trainer_builds_loraplus_groups_like_loraplus_param_groups(tmp_path):
+    from loradyn.hf import LoradynTrainer
+
+    model = _model()
+    trainer = LoradynTrainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), lr_ratio=8.0)
+    trainer.create_optimizer()
+    got = _lr_by_name(trainer, model)
+    want = {n: (g["lr"], g["weight_decay"]) for g in loradyn.loraplus_param_groups(model, lr=1e-2, lr_ratio=8.0, weight_decay=0.05)
+            for n in g["param_names"]}
+    assert got == want
+    assert any("lora_B" in n and lr == pytest.approx(8e-2) for n, (lr, _) in got.items())
+    assert any("lora_A" in n and lr == pytest.approx(1e-2) and wd == 0.05 for n, (lr, wd) in got.items())
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+
+
+def test_setup_patches_an_existing_trainer_inits_and_logs_probes(tmp_path):
+    from transformers import Trainer
+
+    import loradyn.hf
+
+    model = _model()
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset())
+    callback = loradyn.hf.setup(trainer, init="B", lr_ratio=4.0, seed=1)
+    a = [h.lora_A for h in loradyn.iter_lora_layers(model)]
+    assert all(not bool(t.any()) for t in a)  # Init[B]: A = 0
+    trainer.train()
+    lrs = sorted({round(g["lr"], 12) for g in trainer.optimizer.param_groups})
+    assert lrs == pytest.approx([1e-2, 4e-2])
+    logged = [rec for rec in trainer.state.log_history if "loss" in rec]
+    assert logged and all({"loradyn/z_a_rms", "loradyn/z_b_rms", "loradyn/z_a_rms_max"} <= set(rec) for rec in logged)
+    frame = callback.probe.to_frame()
+    assert set(frame["step"]) == {0, 1, 2, 3}
+    assert frame[(frame["feature"] == "z_a") & (frame["step"] == 3)]["value"].gt(0).all()
+
+
+def test_enable_loraplus_refuses_an_existing_optimizer(tmp_path):
+    from transformers import Trainer
+
+    from loradyn.hf import enable_loraplus
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), optimizers=(opt, None))
+    with pytest.raises(LoradynError, match="already has an optimizer"):
+        enable_loraplus(trainer, lr_ratio=16)
+
+
+def test_two_process_ddp_gloo_via_accelerate_ends_with_identical_adapters(tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not found")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    # --multi_gpu on a machine without GPUs runs torch.distributed with the gloo backend on CPU
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
+           str(HERE / "hf_ddp_script.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0.keys() == r1.keys() and any("lora_B" in k for k in r0)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    assert any(bool(v.any()) for k, v in r0.items() if "lora_A" in k)  # trained away from Init[B]'s A = 0
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert info[0]["world_size"] == info[1]["world_size"] == 2
+    assert info[0]["lrs"] == pytest.approx([1e-2, 8e-2])
+    assert "loradyn/z_a_rms" in info[0]["log_keys"] and info[0]["probe_rows"] > 0

@@ -1,0 +1,90 @@
+"""``loradyn.repro``: tiny end-to-end runs of every experiment on the sweep engine, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from loradyn.errors import LoradynError
+from loradyn.repro import EXPERIMENTS, reproduce
+from loradyn.repro.common import RESULT_COLUMNS
+
+pytest.importorskip("matplotlib")
+
+TINY = ["task.n_train=48", "task.n_test=8", "experiment.steps=8"]
+TINY_PARAMS = {
+    "width-lr": ["experiment.widths=[32,64]", "experiment.lr_step=1.0", "experiment.span=1.0", "experiment.max_extend=1", "experiment.fit_min_width=32"],
+    "feature-norms": ["experiment.widths=[32,64]", "experiment.record_every=4", "experiment.lr_A=0.01", "experiment.lr_B=0.002"],
+    "loraplus-heatmap": ["experiment.widths=[32,64]", "experiment.lr_a_span=1.0", "experiment.ratio_log2=[0,2]"],
+    "rank-lr": ["experiment.width=32", "experiment.ranks=[1,4]", "experiment.lr_step=1.0", "experiment.span=1.0", "optim.lr_ratio=4"],
+}
+
+
+def check_outputs(out, experiment):
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    assert (df["experiment"] == experiment).all() and len(df) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdicts"], "every experiment states verdicts"
+    for v in summary["verdicts"]:
+        assert set(v) == {"claim", "expected", "measured", "holds"} and isinstance(v["holds"], bool)
+    assert summary["figures"] and all((out / f).exists() for f in summary["figures"])
+    return df, summary
+
+
+@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+def test_each_experiment_runs_end_to_end(experiment, tmp_path, capsys):
+    summary = reproduce(experiment, out=tmp_path, seeds=1, overrides=TINY + TINY_PARAMS[experiment], executor="serial")
+    df, written = check_outputs(tmp_path, experiment)
+    assert written["verdicts"] == summary["verdicts"]
+    assert "holds" in capsys.readouterr().out  # the verdict table is printed
+    if experiment == "rank-lr":
+        assert set(df["init"]) == {"A", "B", "full"}
+        assert ((df["lr_b"] / df["lr_a"]).round(9) == 4).all()  # base overrides reach every trial
+        assert set(df.loc[df["init"] == "A", "alpha_rule"]) == {"1", "1/sqrt(r)", "1/r"}
+    if experiment == "feature-norms":  # given learning rates are used as given
+        rates = summary["learning_rates"]
+        assert {v["source"] for v in rates.values()} == {"given"}
+        assert rates["A@32"]["lr"] == 0.01 and set(df.loc[df["init"] == "B", "lr_a"]) == {0.002}
+    if experiment == "loraplus-heatmap":
+        assert (df["lr_b"] > df["lr_a"]).any() and (df["lr_b"] == df["lr_a"]).any()
+
+
+def test_rerun_resumes_without_retraining(tmp_path):
+    args = dict(out=tmp_path, seeds=1, overrides=TINY + TINY_PARAMS["width-lr"], executor="serial", quiet=True)
+    first = reproduce("width-lr", **args)
+    second = reproduce("width-lr", **args)
+    assert first["verdicts"] == second["verdicts"]
+    assert first["optimal_lr"] == second["optimal_lr"]
+
+
+def test_all_runs_in_order_and_feature_norms_reuses_width_lr(tmp_path):
+    overrides = TINY + [
+        "experiment.widths=[32,64]", "experiment.lr_step=1.0", "experiment.span=1.0", "experiment.fit_min_width=32",
+        "experiment.width=32", "experiment.ranks=[1,4]", "experiment.lr_a_span=1.0", "experiment.ratio_log2=[0,2]",
+    ]
+    combined = reproduce("all", out=tmp_path, seeds=1, overrides=overrides, executor="serial", quiet=True)
+    assert list(combined["experiments"]) == list(EXPERIMENTS)
+    for eid in EXPERIMENTS:
+        check_outputs(tmp_path / eid, eid)
+    sources = {v["source"] for v in combined["experiments"]["feature-norms"]["learning_rates"].values()}
+    assert sources == {"width-lr"}
+    assert len(combined["verdicts"]) == sum(len(s["verdicts"]) for s in combined["experiments"].values())
+    assert json.loads((tmp_path / "summary.json").read_text())["verdicts"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(experiment_id="width"), "valid ids: width-lr, feature-norms, loraplus-heatmap, rank-lr, all"),
+    (dict(experiment_id="width-lr", overrides=["experiment.widthz=[1]"]), "unknown key experiment.widthz"),
+    (dict(experiment_id="width-lr", overrides=["lora.rnak=3"]), "unknown key lora.rnak"),
+    (dict(experiment_id="width-lr", overrides=["lora.init=C"]), "lora.init"),
+    (dict(experiment_id="all", overrides=["experiment.nope=1"]), "experiment.nope"),
+    (dict(experiment_id="width-lr", overrides=["steps"]), "key=value"),
+    (dict(experiment_id="width-lr", seeds=0), "seeds"),
+])
+def test_bad_input_is_one_line(bad, match, tmp_path):
+    with pytest.raises(LoradynError, match=match) as err:
+        reproduce(out=tmp_path, executor="serial", quiet=True, **{"seeds": None, **bad})
+    assert "\n" not in str(err.value)
