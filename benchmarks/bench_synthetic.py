@@ -126,7 +126,7 @@ def rate(fn, configs: int, steps: int, reps: int = 2) -> dict:
 
 def bench_width(n: int, ks: list[int], sgemm: float) -> dict:
     w = weights(n)
-    steps_naive = max(3, min(50, int(2e5 / n)))  # ~ a second or two each
+    steps_naive = max(3, min(50, int(8e4 / n)))  # a few seconds each
     steps = max(10, min(200, int(4e5 / n)))
     out = {"width": n}
     out["naive"] = rate(lambda: baseline_naive(w, steps_naive), 1, steps_naive)

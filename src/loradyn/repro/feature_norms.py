@@ -1,7 +1,8 @@
 """``feature-norms``: Z_A and Z_B over training at a small and a large width (arXiv 2406.08447, Fig. "feature norms").
 
 Protocol: at n ∈ {128, 8192}, each init trains at its *own* optimal learning rate — taken from
-``width-lr`` when it ran before in the same ``reproduce all`` (same widths and steps), or given with
+``width-lr`` when it ran before in the same ``reproduce all`` or sits next to the output directory
+(``<out>/../width-lr/summary.json``, same steps), or given with
 ``experiment.lr_A=…``/``experiment.lr_B=…``, or else found here with a small half-octave sweep
 (the same protocol as ``width-lr``: seed-mean, parabola-refined). Then ≥ 3 seeds per init record
 the data-averaged RMS and L2 norms of Z_A = A·φ(W_in x) (r-dim) and Z_B = B·Z_A (n-dim, before α)
@@ -71,11 +72,25 @@ FULL = Params()
 QUICK = Params(widths=(128, 2048), seeds=2, steps=100, record_every=5, tune_span=2.0, tune_step=1.0)
 
 
+def _width_lr_on_disk(ctx: Context) -> dict | None:
+    """A finished ``width-lr`` next to this output directory (``<out>/../width-lr/summary.json``)."""
+    import json
+
+    path = ctx.out.parent / "width-lr" / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        optima = pd.DataFrame(summary["optimal_lr"])
+        optima["lr_opt"] = pd.to_numeric(optima["lr_opt"], errors="coerce")
+        return {"optima": optima, "steps": int(summary["params"]["steps"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _optima(ctx: Context, p: Params, base: dict) -> dict[tuple[str, int], tuple[float, str]]:
     """(init, width) -> (learning rate, where it came from)."""
     given = {"A": p.lr_A, "B": p.lr_B}
     out: dict[tuple[str, int], tuple[float, str]] = {}
-    shared = ctx.shared.get("width-lr")
+    shared = ctx.shared.get("width-lr") or _width_lr_on_disk(ctx)
     for init in ("A", "B"):
         for n in p.widths:
             if given[init] is not None:

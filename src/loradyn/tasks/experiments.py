@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["EXPERIMENTS", "analyse", "reproduce_real", "sweep_spec"]
 
-_MINILM_LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["query", "value"]}
+_MINILM_LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["query", "key", "value", "dense"]}
 _SMOL_LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -45,10 +45,10 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
             "seeds": 3,
         },
         "quick": {
-            "base": {"task": {"kind": "sentiment", "n_train": 400, "n_val": 300, "n_test": 300},
+            "base": {"task": {"kind": "sentiment", "n_train": 640, "n_val": 300, "n_test": 300},
                      "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 50, "batch_size": 8, "eval_batch_size": 50, "probe_every": 10}},
-            "grid": {"optim.lr_a": {"log2": [-13, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "train": {"steps": 40, "batch_size": 16, "eval_batch_size": 50, "probe_every": 10}},
+            "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
             "seeds": 2,
         },
     },
@@ -61,10 +61,10 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
             "seeds": 3,
         },
         "quick": {
-            "base": {"task": {"kind": "trec6", "n_train": 400, "n_val": 300, "n_test": 300},
+            "base": {"task": {"kind": "trec6", "n_train": 640, "n_val": 300, "n_test": 300},
                      "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 50, "batch_size": 8, "eval_batch_size": 50, "probe_every": 10}},
-            "grid": {"optim.lr_a": {"log2": [-13, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "train": {"steps": 40, "batch_size": 16, "eval_batch_size": 50, "probe_every": 10}},
+            "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
             "seeds": 2,
         },
     },
@@ -78,9 +78,10 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
             "seeds": 3,
         },
         "quick": {
-            "base": {"task": {"kind": "wiki-lm", "n_train": 240, "n_val": 24, "n_test": 24}, "lora": _SMOL_LORA,
-                     "optim": {"name": "adamw"},
-                     "train": {"steps": 20, "batch_size": 8, "bf16": True, "eval_batch_size": 8, "max_pack": 4, "probe_every": 10}},
+            "base": {"task": {"kind": "wiki-lm", "seq_len": 64, "n_train": 400, "n_val": 16, "n_test": 16},
+                     "lora": _SMOL_LORA, "optim": {"name": "adamw"},
+                     "train": {"steps": 20, "batch_size": 4, "bf16": True, "eval_batch_size": 8, "max_pack": 3,
+                               "probe_every": 10}},
             "grid": {"optim.lr_a": {"log2": [-12, -8, 2]}, "optim.lr_ratio": [1.0], "lora.init": ["A", "B"]},
             "seeds": 1,
         },
@@ -95,10 +96,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
             "seeds": 2,
         },
         "quick": {
-            "base": {"task": {"kind": "gsm", "dataset": "chain_sum", "n_train": 400, "n_val": 40, "n_test": 40,
+            "base": {"task": {"kind": "gsm", "dataset": "chain_sum", "n_train": 400, "n_val": 24, "n_test": 24,
                               "max_length": 128},
                      "lora": _SMOL_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 40, "batch_size": 8, "bf16": True, "eval_batch_size": 20, "max_pack": 4, "probe_every": 10}},
+                     "train": {"steps": 30, "batch_size": 4, "bf16": True, "eval_batch_size": 12, "max_pack": 3,
+                               "probe_every": 10}},
             "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0], "lora.init": ["A", "B"]},
             "seeds": 1,
         },

@@ -9,6 +9,7 @@ both ways once (warm-up excluded) and stores the result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -128,7 +129,22 @@ def _calibration_key(config: Any, k: int) -> str:
             f"|r{lora.rank}|{','.join(lora.target_modules)}|k{k}|{platform.machine()}|torch{torch.__version__}")
 
 
-def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 3) -> bool:
+@contextlib.contextmanager
+def _locked(path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 2) -> bool:
     """True when training ``configs`` as one pack is faster per adapter-step than solo runs.
 
     ``train.pack`` forces the answer (``pack`` / ``solo``); ``auto`` uses the cached calibration or
@@ -143,10 +159,13 @@ def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 3) -> bool:
     path = _calibration_path()
     table = json.loads(path.read_text()) if path.exists() else {}
     if key not in table:
-        table[key] = calibrate(recipe, configs, steps=steps)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        entry = calibrate(recipe, configs, steps=steps)
+        with _locked(path):  # read-modify-write under a lock: workers calibrate concurrently
+            table = json.loads(path.read_text()) if path.exists() else {}
+            table[key] = entry
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            os.replace(tmp, path)
     return bool(table[key]["pack_faster"])
 
 
@@ -174,7 +193,7 @@ def _stepper(recipe, configs, base):
     return step
 
 
-def calibrate(recipe, configs: Sequence[Any], *, steps: int = 3) -> dict[str, Any]:
+def calibrate(recipe, configs: Sequence[Any], *, steps: int = 2) -> dict[str, Any]:
     """Time training steps solo and as a pack of ``len(configs)``, interleaved; the faster per adapter.
 
     Solo and pack steps alternate (after one warm-up step each) so that load from other processes

@@ -210,7 +210,9 @@ class GsmSpec:
         _check_model(self.model)
 
 
-_BERT_LORA = LoraSpec(rank=8, alpha=16.0, target_modules=("query", "value"))
+# every Linear of the encoder (attention q/k/v/output and both FFN layers): with only query/value
+# the [CLS] pooler of this sentence-embedding model barely moves in a short run
+_BERT_LORA = LoraSpec(rank=8, alpha=16.0, target_modules=("query", "key", "value", "dense"))
 _LLAMA_LORA = LoraSpec(rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"))
 
 
