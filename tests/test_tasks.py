@@ -250,7 +250,8 @@ def test_minilm_sentiment_learns_on_a_few_hundred_examples(tmp_path, monkeypatch
     task = get_task("sentiment")
     cfg = spec_from_dict(task.spec_cls, {
         "task": {"kind": "sentiment", "n_train": 640, "n_val": 200, "n_test": 200},
-        "optim": {"name": "adamw", "lr_a": 4e-3}, "train": {"steps": 40, "batch_size": 16, "pack": "solo"}})
+        "optim": {"name": "adamw", "lr_a": 1e-3},
+        "train": {"steps": 40, "batch_size": 16, "warmup_steps": 8, "pack": "solo"}})
     [result] = task.run_pack([cfg])
     assert result.status == "done"
     assert result.metrics["val_accuracy"] > 0.6  # chance is 0.5

@@ -239,7 +239,7 @@ class WikiLMTrial:
     task: WikiLMSpec = field(default_factory=WikiLMSpec)
     lora: LoraSpec = _LLAMA_LORA
     optim: OptimSpec = field(default_factory=lambda: OptimSpec(name="adamw", lr_a=5e-4))
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=60, batch_size=8, bf16=True))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=60, batch_size=8))
     seed: int = 0
 
 
@@ -248,5 +248,5 @@ class GsmTrial:
     task: GsmSpec = field(default_factory=GsmSpec)
     lora: LoraSpec = _LLAMA_LORA
     optim: OptimSpec = field(default_factory=lambda: OptimSpec(name="adamw", lr_a=1e-3))
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=100, batch_size=8, bf16=True))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=100, batch_size=8))
     seed: int = 0
