@@ -208,6 +208,21 @@ def test_cli_sweep_bad_input_exit_code_2(tmp_path, capsys):
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
 
 
+@pytest.mark.parametrize("base, message", [
+    ("{task: {kind: sentiment, model: tiny-bert, n_train: 32, n_val: 16, n_test: 16}, lora: {target_modules: [nope]}}",
+     "match no Linear module"),
+    ("{task: {kind: sentiment, model: tiny-bert, n_train: 32, n_val: 6000, n_test: 6000}}", "split"),
+])
+def test_cli_sweep_rejects_unrunnable_input_before_training(tmp_path, capsys, base, message):
+    cli = pytest.importorskip("loradyn.cli")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: bad\nbase: {base}\ngrid:\n  optim.lr_a: [0.001]\n")
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--executor", "serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out" / "sweep.db").exists()
+
+
 # --- experiments ---------------------------------------------------------------------------------------
 
 def test_reproduce_real_writes_results_summary_and_figure(tmp_path, monkeypatch):

@@ -112,6 +112,24 @@ def _check_workers(executor: str, workers: int | None) -> None:
         raise LoradynError(f"workers must be an integer >= 1, got {workers!r}")
 
 
+def _validate_inputs(task: Any, packs: Sequence[Any]) -> None:
+    """Let a task reject bad input (missing data, targets matching nothing) before any training.
+
+    ``validate(config)`` is an optional method of a task; it is called once per distinct pack key
+    and raises ``LoradynError`` (one line, exit code 2) for input that no trial could run on.
+    """
+    validate = getattr(task, "validate", None)
+    if validate is None:
+        return
+    seen: set[Any] = set()
+    for pack in packs:
+        config = pack.trials[0].config
+        key = task.pack_key(config)
+        if key not in seen:
+            seen.add(key)
+            validate(config)
+
+
 def run_sweep(
     spec: SweepSpec | Mapping[str, Any] | str | Path,
     out: str | Path,
@@ -149,6 +167,7 @@ def run_sweep(
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
     packs = plan_packs(task, trials)
+    _validate_inputs(task, packs)
     pack_of = {t.trial_id: p.pack_id for p in packs for t in p.trials}
     ids = [t.trial_id for t in trials]
 
