@@ -113,6 +113,34 @@ def _reference_lines(ax, xs: np.ndarray, anchor_y: float, exponents: Sequence[fl
         ax.plot(grid, anchor_y * (grid / x0) ** e, color="gray", ls=style, lw=1, label=f"∝ {x_label}^{e:g}")
 
 
+def _plot_optima(ax, opt: pd.DataFrame, x: str, hue: str, fits: pd.DataFrame | None, *, label_prefix: str) -> None:
+    """One line of optimal lr vs ``x`` per ``hue`` group (fitted slope in the legend); optima on a
+    grid edge are ringed in red."""
+    for key, g in opt.groupby(hue, sort=True):
+        g = g.sort_values(x)
+        label = f"{label_prefix}{key}"
+        if fits is not None and hue in fits.columns:
+            f = fits[fits[hue] == key]
+            if len(f):
+                label += f" (slope {float(f['slope'].iloc[0]):.2f})"
+        ax.plot(g[x], g["lr_opt"], marker="o", label=label)
+        edge = g["edge"].astype(str) != ""
+        if edge.any():
+            ax.scatter(g[x][edge], g["lr_opt"][edge], s=80, facecolors="none", edgecolors="red", zorder=3)
+
+
+def _finish_optima_axes(fig, ax, x: str, title: str | None, *, legend_size: int):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel("optimal learning rate")
+    ax.legend(fontsize=legend_size)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_optimal_lr_vs_width(
     opt: pd.DataFrame,
     *,
@@ -130,30 +158,12 @@ def plot_optimal_lr_vs_width(
     """
     fig, ax = _fig_ax(ax)
     xs = opt[x].astype(float).to_numpy()
-    for key, g in opt.groupby(hue, sort=True):
-        g = g.sort_values(x)
-        label = f"{hue}={key}"
-        if fits is not None and hue in fits.columns:
-            f = fits[fits[hue] == key]
-            if len(f):
-                label += f" (slope {float(f['slope'].iloc[0]):.2f})"
-        (line,) = ax.plot(g[x], g["lr_opt"], marker="o", label=label)
-        edge = g["edge"].astype(str) != ""
-        if edge.any():
-            ax.scatter(g[x][edge], g["lr_opt"][edge], s=80, facecolors="none", edgecolors="red", zorder=3)
+    _plot_optima(ax, opt, x, hue, fits, label_prefix=f"{hue}=")
     finite = opt["lr_opt"].astype(float)
     anchor = float(np.nanmax(finite[opt[x] == opt[x].min()])) if len(opt) else 1.0
     if np.isfinite(anchor) and len(xs):
         _reference_lines(ax, xs, anchor * 1.5, exponents, "n" if x == "width" else x)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel(x)
-    ax.set_ylabel("optimal learning rate")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish_optima_axes(fig, ax, x, title, legend_size=8)
 
 
 def plot_rank_lr(
@@ -169,32 +179,14 @@ def plot_rank_lr(
     """Optimal lr vs rank per ``hue`` (e.g. "A, α=1"), reference lines ∝ r^-1/2, r^-1/4, r^0,
     and a horizontal line at the full-finetuning optimum ``reference``."""
     fig, ax = _fig_ax(ax)
-    for key, g in opt.groupby(hue, sort=True):
-        g = g.sort_values(x)
-        label = str(key)
-        if fits is not None and hue in fits.columns:
-            f = fits[fits[hue] == key]
-            if len(f):
-                label += f" (slope {float(f['slope'].iloc[0]):.2f})"
-        ax.plot(g[x], g["lr_opt"], marker="o", label=label)
-        edge = g["edge"].astype(str) != ""
-        if edge.any():
-            ax.scatter(g[x][edge], g["lr_opt"][edge], s=80, facecolors="none", edgecolors="red", zorder=3)
+    _plot_optima(ax, opt, x, hue, fits, label_prefix="")
     xs = opt[x].astype(float).to_numpy()
     if len(xs):
         anchor = float(np.nanmax(opt["lr_opt"].astype(float)))
         _reference_lines(ax, xs, anchor * 1.5, (-0.5, -0.25, 0.0), "r")
     if reference is not None and np.isfinite(reference):
         ax.axhline(reference, color="black", lw=1.5, label="full finetuning (Adam)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel(x)
-    ax.set_ylabel("optimal learning rate")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish_optima_axes(fig, ax, x, title, legend_size=7)
 
 
 def plot_lr_heatmap(
