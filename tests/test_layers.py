@@ -321,3 +321,63 @@ def test_transformers_conv1d_detected() -> None:
     x = torch.randn(3, IN, dtype=torch.float64)
     assert layer.fan_in_fan_out
     torch.testing.assert_close(layer(x), reference_linear(layer, x), **F64)
+
+
+# --- CPU half precision: the frozen base GEMM in oneDNN-friendly layouts ------------------------
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("mode", ["autocast-bf16", "autocast-fp16", "bf16-weights"])
+def test_half_precision_base_path_matches_float64(kind: str, mode: str, monkeypatch) -> None:
+    """Output and gradients of x, A, B within 3e-2 of float64 (bf16/fp16 rounding); the custom
+    base GEMM is used, and it agrees with autocast's own ``F.linear`` to half-precision rounding."""
+    from loradyn import layers as layers_mod
+
+    calls = []
+    real_apply = layers_mod._FrozenHalfLinear.apply
+    monkeypatch.setattr(layers_mod._FrozenHalfLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    torch.manual_seed(7)
+    big_in, big_out = 96, 80
+    base = Conv1D(big_out, big_in) if kind == "conv1d" else nn.Linear(big_in, big_out)
+    half = torch.float16 if mode == "autocast-fp16" else torch.bfloat16
+    layer = LoRALinear(base.double(), rank=4, alpha=8.0, generator=0)
+    randomize_(layer)
+    ref_layer = copy.deepcopy(layer)
+    layer.float()
+    if mode == "bf16-weights":
+        layer.to(torch.bfloat16)
+    x64 = torch.randn(5, 6, big_in, dtype=torch.float64, requires_grad=True)
+    g64 = torch.randn(5, 6, big_out, dtype=torch.float64)
+    x = x64.detach().to(torch.bfloat16 if mode == "bf16-weights" else torch.float32).requires_grad_()
+    with torch.autocast("cpu", dtype=half, enabled=mode != "bf16-weights"):
+        y = layer(x)
+    assert calls and y.dtype == half
+    got = grads(y, g64.to(y.dtype), x, layer.lora_A.weight, layer.lora_B.weight)
+    ref = reference_linear(ref_layer, x64)
+    want = grads(ref, g64, x64, ref_layer.lora_A.weight, ref_layer.lora_B.weight)
+    assert rel_err(y, ref) < 3e-2
+    assert got[0].dtype == x.dtype
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 3e-2
+    # the plain autocast/F.linear computation of the base alone: same forward, close backward
+    if kind == "linear":
+        xb = x.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=half, enabled=mode != "bf16-weights"):
+            yb = layer._base_2d(xb.reshape(-1, big_in))
+            yp = F.linear(xb.reshape(-1, big_in), layer.base_layer.weight, layer.base_layer.bias)
+        torch.testing.assert_close(yb, yp, rtol=0, atol=0)
+        gb = torch.autograd.grad(yb, xb, g64.reshape(-1, big_out).to(yb.dtype))[0]
+        gp = torch.autograd.grad(yp, xb, g64.reshape(-1, big_out).to(yp.dtype))[0]
+        torch.testing.assert_close(gb, gp, rtol=1e-2, atol=1e-2)
+
+
+def test_half_path_not_used_for_trainable_base_or_float32() -> None:
+    from loradyn import layers as layers_mod
+
+    layer = LoRALinear(nn.Linear(16, 8), rank=2, alpha=2.0, generator=0)
+    x = torch.randn(3, 16)
+    assert layers_mod._half_compute_dtype(x, layer.base_layer.weight) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layers_mod._half_compute_dtype(x, layer.base_layer.weight) is torch.bfloat16
+        assert layers_mod._half_compute_dtype(x.double(), layer.base_layer.weight) is None
+        layer.base_layer.weight.requires_grad_(True)  # a trainable base keeps autograd's own path
+        layer(x).float().sum().backward()
+    assert layer.base_layer.weight.grad is not None
