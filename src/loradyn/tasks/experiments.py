@@ -40,8 +40,10 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "metric": "val_accuracy", "mode": "max", "test": "test_accuracy",
         "full": {
             "base": {"task": {"kind": "sentiment", "n_val": 1000, "n_test": 1000}, "lora": _MINILM_LORA,
-                     "optim": {"name": "adamw"}, "train": {"steps": 300, "batch_size": 16, "warmup_steps": 20, "probe_every": 25}},
-            "grid": {"optim.lr_a": {"log2": [-14, -6, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "optim": {"name": "adamw"},
+                     "train": {"steps": 100, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 10,
+                               "probe_every": 25}},
+            "grid": {"optim.lr_a": {"log2": [-13, -8, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
             "seeds": 3,
         },
         "quick": {
@@ -56,8 +58,9 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "metric": "val_accuracy", "mode": "max", "test": "test_accuracy",
         "full": {
             "base": {"task": {"kind": "trec6"}, "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 300, "batch_size": 16, "warmup_steps": 20, "probe_every": 25}},
-            "grid": {"optim.lr_a": {"log2": [-14, -6, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "train": {"steps": 100, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 10,
+                               "probe_every": 25}},
+            "grid": {"optim.lr_a": {"log2": [-13, -8, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
             "seeds": 3,
         },
         "quick": {

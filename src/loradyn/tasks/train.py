@@ -144,7 +144,9 @@ def train_trials(recipe, configs: Sequence[Any], *, pack: bool, base=None, dtype
     for c in configs:
         res, model = _train(recipe, [c], copy.deepcopy(base))
         results.extend(res)
-        models.append(model)
+        if keep_model:  # else each trained copy of the base is freed before the next solo run
+            models.append(model)
+        del model
     return (results, models) if keep_model else results
 
 
