@@ -34,23 +34,25 @@ __all__ = ["EXPERIMENTS", "analyse", "reproduce_real", "sweep_spec"]
 
 _MINILM_LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["query", "key", "value", "dense"]}
 _SMOL_LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
+# sentiment-init and trec6-init share training and grid settings; only the task differs
+_MINILM_FULL = {"train": {"steps": 100, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 10, "probe_every": 25},
+                "grid": {"optim.lr_a": {"log2": [-13, -8, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]}}
+_MINILM_QUICK = {"train": {"steps": 40, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 8, "probe_every": 10},
+                 "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]}}
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "sentiment-init": {
         "metric": "val_accuracy", "mode": "max", "test": "test_accuracy",
         "full": {
             "base": {"task": {"kind": "sentiment", "n_val": 1000, "n_test": 1000}, "lora": _MINILM_LORA,
-                     "optim": {"name": "adamw"},
-                     "train": {"steps": 100, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 10,
-                               "probe_every": 25}},
-            "grid": {"optim.lr_a": {"log2": [-13, -8, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "optim": {"name": "adamw"}, "train": _MINILM_FULL["train"]},
+            "grid": _MINILM_FULL["grid"],
             "seeds": 3,
         },
         "quick": {
             "base": {"task": {"kind": "sentiment", "n_train": 640, "n_val": 300, "n_test": 300},
-                     "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 40, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 8, "probe_every": 10}},
-            "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "lora": _MINILM_LORA, "optim": {"name": "adamw"}, "train": _MINILM_QUICK["train"]},
+            "grid": _MINILM_QUICK["grid"],
             "seeds": 2,
         },
     },
@@ -58,16 +60,14 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "metric": "val_accuracy", "mode": "max", "test": "test_accuracy",
         "full": {
             "base": {"task": {"kind": "trec6"}, "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 100, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 10,
-                               "probe_every": 25}},
-            "grid": {"optim.lr_a": {"log2": [-13, -8, 1]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "train": _MINILM_FULL["train"]},
+            "grid": _MINILM_FULL["grid"],
             "seeds": 3,
         },
         "quick": {
             "base": {"task": {"kind": "trec6", "n_train": 640, "n_val": 300, "n_test": 300},
-                     "lora": _MINILM_LORA, "optim": {"name": "adamw"},
-                     "train": {"steps": 40, "batch_size": 16, "eval_batch_size": 50, "warmup_steps": 8, "probe_every": 10}},
-            "grid": {"optim.lr_a": {"log2": [-11, -7, 2]}, "optim.lr_ratio": [1.0, 16.0], "lora.init": ["A", "B"]},
+                     "lora": _MINILM_LORA, "optim": {"name": "adamw"}, "train": _MINILM_QUICK["train"]},
+            "grid": _MINILM_QUICK["grid"],
             "seeds": 2,
         },
     },

@@ -154,6 +154,19 @@ def _causal_losses(logits, labels, k) -> tuple[list[torch.Tensor], int]:
     return out, int((target != IGNORE).sum())
 
 
+def _mean_causal_nll(recipe, model, pack, rows, batch_size: int) -> list[float]:
+    """Token-weighted mean next-token NLL of ``rows`` per adapter slice (no grad)."""
+    nll, tokens = [0.0] * pack.k, 0
+    for start in range(0, len(rows), batch_size):
+        batch = recipe.collate(rows[start : start + batch_size])
+        logits = model(**pack.repeat(recipe.inputs(batch))).logits
+        losses, count = _causal_losses(logits, batch["labels"], pack.k)
+        tokens += count
+        for i, loss in enumerate(losses):
+            nll[i] += float(loss) * count
+    return [s / tokens for s in nll]
+
+
 class WikiLMRecipe(_Recipe):
     """``wiki-lm``: next-token loss on Wikipedia chunks; perplexity = exp(mean token NLL)."""
 
@@ -207,21 +220,8 @@ class WikiLMRecipe(_Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, pack, split, batch_size, *, final):
-        rows = self.splits[split]
-        nll = [0.0] * pack.k
-        tokens = 0
-        for start in range(0, len(rows), batch_size):
-            batch = self.collate(rows[start : start + batch_size])
-            logits = model(**pack.repeat(self.inputs(batch))).logits
-            losses, count = _causal_losses(logits, batch["labels"], pack.k)
-            tokens += count
-            for i, loss in enumerate(losses):
-                nll[i] += float(loss) * count
-        out = []
-        for s in nll:
-            mean = s / tokens
-            out.append({f"{split}_loss": mean, f"{split}_ppl": math.exp(mean) if mean < 700 else math.inf})
-        return out
+        means = _mean_causal_nll(self, model, pack, self.splits[split], batch_size)
+        return [{f"{split}_loss": m, f"{split}_ppl": math.exp(m) if m < 700 else math.inf} for m in means]
 
 
 class GsmRecipe(_Recipe):
@@ -268,16 +268,7 @@ class GsmRecipe(_Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, pack, split, batch_size, *, final):
-        rows = self.splits[split]
-        nll, tokens = [0.0] * pack.k, 0
-        for start in range(0, len(rows), batch_size):
-            batch = self.collate(rows[start : start + batch_size])
-            logits = model(**pack.repeat(self.inputs(batch))).logits
-            losses, count = _causal_losses(logits, batch["labels"], pack.k)
-            tokens += count
-            for i, loss in enumerate(losses):
-                nll[i] += float(loss) * count
-        out = [{f"{split}_loss": s / tokens} for s in nll]
+        out = [{f"{split}_loss": m} for m in _mean_causal_nll(self, model, pack, self.splits[split], batch_size)]
         if final:
             for i, em in enumerate(self.exact_match(model, pack, split, batch_size)):
                 out[i][f"{split}_exact_match"] = em
