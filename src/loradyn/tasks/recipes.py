@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LoradynError
+from ..fused_ce import linear_cross_entropy
 from . import data
 from .models import load_model, load_tokenizer, reset_head_
 
@@ -85,6 +86,11 @@ class _Recipe:
     def slice_losses(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def train_losses(self, model, pack, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The training loss of each adapter slice of ``batch`` (``pack.k`` slices)."""
+        logits = model(**pack.repeat(self.inputs(batch))).logits
+        return self.slice_losses(logits, batch, pack.k)
+
     def evaluate(self, model, pack, split: str, batch_size: int, *, final: bool) -> list[dict[str, float]]:
         raise NotImplementedError
 
@@ -144,23 +150,59 @@ class ClassifyRecipe(_Recipe):
         return [{f"{split}_accuracy": c / n, f"{split}_loss": s / n} for c, s in zip(correct, nll)]
 
 
-def _causal_losses(logits, labels, k) -> tuple[list[torch.Tensor], int]:
-    """Mean next-token cross-entropy per slice over the positions whose label is not ignored."""
+# model types whose causal-LM forward is ``lm_head(decoder(...).last_hidden_state)``, nothing else
+_PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def _decoder_and_head(model):
+    """``(decoder, lm_head weight)`` when the loss may skip the logits, else ``None``.
+
+    The fused path needs a plain bias-free ``nn.Linear`` head (not a LoRA or ``modules_to_save``
+    wrapper) on a model whose forward adds nothing between the decoder and the head.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    head = base.get_output_embeddings()
+    decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or decoder is None:
+        return None
+    return decoder, head.weight
+
+
+def _causal_losses(model, pack, inputs, labels) -> tuple[list[torch.Tensor], int]:
+    """Mean next-token cross-entropy per adapter slice over the positions whose label counts.
+
+    On plain-head models the loss runs on the decoder's hidden states at those positions only,
+    through :func:`loradyn.fused_ce.linear_cross_entropy` (no (tokens × vocab) logits); otherwise
+    on the model's logits. Both give the same loss up to float summation order.
+    """
     target = labels[:, 1:]
-    out = []
-    for lg in logits.chunk(k, dim=0):
-        lg = lg[:, :-1].float()
-        out.append(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=IGNORE))
-    return out, int((target != IGNORE).sum())
+    keep = target != IGNORE
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(**pack.repeat(inputs)).logits
+        out = []
+        for lg in logits.chunk(pack.k, dim=0):
+            lg = lg[:, :-1]
+            lg = lg.float() if lg.dtype in (torch.bfloat16, torch.float16) else lg
+            out.append(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=IGNORE))
+        return out, int(keep.sum())
+    decoder, weight = parts
+    hidden = decoder(**pack.repeat(inputs), use_cache=False).last_hidden_state
+    out = [linear_cross_entropy(h[:, :-1][keep], weight, target[keep]) for h in hidden.chunk(pack.k, dim=0)]
+    return out, int(keep.sum())
 
 
 def _mean_causal_nll(recipe, model, pack, rows, batch_size: int) -> list[float]:
     """Token-weighted mean next-token NLL of ``rows`` per adapter slice (no grad)."""
+    # longest first: batches pad to their longest row, and the sums do not depend on the order
+    rows = sorted(rows, key=lambda r: -len(r[0] if isinstance(r, tuple) else r))
     nll, tokens = [0.0] * pack.k, 0
     for start in range(0, len(rows), batch_size):
         batch = recipe.collate(rows[start : start + batch_size])
-        logits = model(**pack.repeat(recipe.inputs(batch))).logits
-        losses, count = _causal_losses(logits, batch["labels"], pack.k)
+        losses, count = _causal_losses(model, pack, recipe.inputs(batch), batch["labels"])
         tokens += count
         for i, loss in enumerate(losses):
             nll[i] += float(loss) * count
@@ -215,8 +257,8 @@ class WikiLMRecipe(_Recipe):
         ids = torch.tensor(rows, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
-    def slice_losses(self, logits, batch, k):
-        return _causal_losses(logits, batch["labels"], k)[0]
+    def train_losses(self, model, pack, batch):
+        return _causal_losses(model, pack, self.inputs(batch), batch["labels"])[0]
 
     @torch.no_grad()
     def evaluate(self, model, pack, split, batch_size, *, final):
@@ -263,8 +305,8 @@ class GsmRecipe(_Recipe):
             "labels": _pad([r[1] for r in rows], IGNORE),
         }
 
-    def slice_losses(self, logits, batch, k):
-        return _causal_losses(logits, batch["labels"], k)[0]
+    def train_losses(self, model, pack, batch):
+        return _causal_losses(model, pack, self.inputs(batch), batch["labels"])[0]
 
     @torch.no_grad()
     def evaluate(self, model, pack, split, batch_size, *, final):
@@ -277,7 +319,8 @@ class GsmRecipe(_Recipe):
     @torch.no_grad()
     def exact_match(self, model, pack, split: str, batch_size: int) -> list[float]:
         """Greedy-decode every problem of ``split`` for each adapter; the fraction graded 1.0."""
-        problems = self.problems[split]
+        # longest prompt first: left padding to the longest prompt of a batch costs less
+        problems = sorted(self.problems[split], key=lambda p: -len(self.prompt_ids(p.question)))
         hits = [0] * pack.k
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]

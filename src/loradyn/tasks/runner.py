@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
@@ -78,6 +79,22 @@ def _check_data_packages(kind: str) -> None:
         require_module("reasoning_gym")
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_slow_bf16(config: Any) -> None:
+    """One stderr line when ``train.bf16`` is on but bf16 matmuls are slow on this CPU."""
+    from .precision import bf16_matmul_slowdown
+
+    if not config.train.bf16 or "bf16" in _WARNED:
+        return
+    slowdown = bf16_matmul_slowdown()
+    if slowdown > 1.5:
+        _WARNED.add("bf16")
+        print(f"loradyn: warning: train.bf16=true, but a bf16 matmul is {slowdown:.1f}x slower than float32 "
+              f"on this CPU (torch {torch.__version__}): add train.bf16=false", file=sys.stderr)
+
+
 class RealTask:
     """A real-model task (``sentiment``, ``trec6``, ``wiki-lm``, ``gsm``) for the sweep engine."""
 
@@ -101,6 +118,7 @@ class RealTask:
         recipe = recipe_for(config.task)
         recipe.check_batch_size(config.train.batch_size)
         check_targets(recipe.base_model(), config.lora.target_modules)
+        _warn_slow_bf16(config)
 
     def run_pack(self, configs: Sequence[Any]) -> list[TrialResult]:
         t0 = time.perf_counter()
@@ -183,8 +201,7 @@ def _stepper(recipe, configs, base):
         batch = next(batches)
         t = time.perf_counter()
         with router, _autocast(train.bf16):
-            logits = model(**router.repeat(recipe.inputs(batch))).logits
-            loss = torch.stack(recipe.slice_losses(logits, batch, router.k)).sum()
+            loss = torch.stack(recipe.train_losses(model, router, batch)).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,7 @@ from ..packs import (
 from ..probes import FeatureNormProbe
 from ..sweep.protocol import TrialResult
 from .models import check_targets, lora_config
+from .precision import prepare_half_
 
 __all__ = ["train_trials", "SoloPack"]
 
@@ -83,6 +84,12 @@ def _autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+def prepare_precision(model, train) -> None:
+    """With ``train.bf16``: frozen Linear weights stored in bf16, eager attention (precision.py)."""
+    if train.bf16:
+        prepare_half_(model, torch.bfloat16)
+
+
 def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype = torch.float32):
     """A PEFT model over ``base`` with one adapter per config (``default`` when solo), initialised.
 
@@ -106,6 +113,7 @@ def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype
         else:
             init_adapter_(model, name, c.lora.init, **kw)
         recipe.reset_head(model, name, c.seed)
+    prepare_precision(model, first.train)
     return model, names
 
 
@@ -171,8 +179,7 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
             batch = next(batches)
             live = list(router.adapters)
             with _autocast(train.bf16):
-                logits = model(**router.repeat(recipe.inputs(batch))).logits
-                slice_losses = recipe.slice_losses(logits, batch, len(live))
+                slice_losses = recipe.train_losses(model, router, batch)
             good = []
             for name, loss in zip(live, slice_losses):
                 value = float(loss.detach())
