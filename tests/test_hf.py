@@ -91,6 +91,23 @@ def test_setup_patches_an_existing_trainer_inits_and_logs_probes(tmp_path):
     assert frame[(frame["feature"] == "z_a") & (frame["step"] == 3)]["value"].gt(0).all()
 
 
+def test_setup_defaults_to_seeded_init_a(tmp_path):
+    from transformers import Trainer
+
+    import loradyn.hf
+
+    draws = []
+    for i in range(2):
+        model = _model()
+        torch.manual_seed(100 + i)  # a different global RNG state: only the seed may decide the draw
+        trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset())
+        assert loradyn.hf.setup(trainer, lr_ratio=None, probes=False, seed=3) is None
+        handles = list(loradyn.iter_lora_layers(model))
+        assert handles and all(not bool(h.lora_B.any()) and bool(h.lora_A.any()) for h in handles)  # Init[A]
+        draws.append(torch.cat([h.lora_A.detach().flatten() for h in handles]))
+    assert torch.equal(draws[0], draws[1])  # the seed fixes the draw
+
+
 def test_enable_loraplus_refuses_an_existing_optimizer(tmp_path):
     from transformers import Trainer
 

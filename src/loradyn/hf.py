@@ -1,7 +1,7 @@
 """loradyn for ``transformers.Trainer`` users: Init[A]/Init[B], LoRA+ and feature-norm probes in two lines.
 
     >>> trainer = Trainer(model=peft_model, args=args, train_dataset=ds)   # doctest: +SKIP
-    >>> loradyn.hf.setup(trainer, init="B", lr_ratio=16, seed=0)           # doctest: +SKIP
+    >>> loradyn.hf.setup(trainer, init="A", lr_ratio=16, seed=0)           # doctest: +SKIP
     >>> trainer.train()                                                      # doctest: +SKIP
 
 * **LoRA+** goes through a ``create_optimizer`` override (:class:`LoraPlusTrainerMixin`,
@@ -178,14 +178,15 @@ def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2")) -> F
     return callback
 
 
-def setup(trainer: Trainer, *, init: str | None = "B", lr_ratio: float | None = 16.0, probes: bool | int = True,
+def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 16.0, probes: bool | int = True,
           seed: int = 0, **init_kwargs: Any) -> FeatureNormCallback | None:
     """Init[A]/Init[B], LoRA+ and probes on an existing Trainer, in one call.
 
     Args:
         trainer: a Trainer whose model holds LoRA layers (PEFT or loradyn).
-        init: ``"A"`` or ``"B"`` to re-initialise every adapter with :func:`loradyn.init_lora_`
-            (seeded, so every DDP rank draws the same adapters); ``None`` keeps the current init.
+        init: ``"A"`` (default: Init[A], the init arXiv 2406.08447 finds better) or ``"B"`` to
+            re-initialise every adapter with :func:`loradyn.init_lora_` (seeded, so every DDP
+            rank draws the same adapters); ``None`` keeps the current init.
         lr_ratio: LoRA+ ``lr_b / lr_a``; ``None`` leaves the optimizer alone.
         probes: ``True`` (every step), an int (every that many steps) or ``False``.
         seed: the init seed.

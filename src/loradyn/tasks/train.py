@@ -16,6 +16,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,7 +104,9 @@ def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype
     targets = check_targets(base, first.lora.target_modules)
     peft_config = lora_config(first.lora, task_type=recipe.task_type, targets=targets)
     names = ["default"] if len(configs) == 1 else [f"t{i}" for i in range(len(configs))]
-    model = get_peft_model(base, peft_config, adapter_name=names[0])
+    with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base, peft_config, adapter_name=names[0])
     if len(names) > 1:
         add_adapters(model, names[1:], peft_config)
     for name, c in zip(names, configs):
