@@ -153,6 +153,24 @@ def test_decide_pack_measures_once_and_caches(tmp_path, monkeypatch):
     assert runner.decide_pack(recipe, [_tiny_sentiment(train__pack="solo", seed=s) for s in (0, 1)]) is False
 
 
+def test_max_pack_size_follows_cached_calibration(tmp_path, monkeypatch):
+    from loradyn.tasks import runner
+
+    monkeypatch.setenv("LORADYN_CACHE", str(tmp_path))
+    task = runner.RealTask("sentiment")
+    cfg = _tiny_sentiment(train__pack="auto", train__max_pack=3)
+    assert runner.cached_pack_decision(cfg, 3) is None and task.max_pack_size(cfg) == 3  # not measured yet
+    path = tmp_path / "pack-calibration.json"
+    for faster, size in ((False, 1), (True, 3)):
+        path.write_text(json.dumps({runner._calibration_key(cfg, 3): {"k": 3, "pack_faster": faster}}))
+        assert runner.cached_pack_decision(cfg, 3) is faster and task.max_pack_size(cfg) == size
+    forced = _tiny_sentiment(train__pack="pack", train__max_pack=3)
+    path.write_text(json.dumps({runner._calibration_key(forced, 3): {"k": 3, "pack_faster": False}}))
+    assert task.max_pack_size(forced) == 3  # train.pack: pack is obeyed
+    path.write_text("{not json")
+    assert runner.cached_pack_decision(cfg, 3) is None and task.max_pack_size(cfg) == 3
+
+
 # --- bad input: one clear line each ------------------------------------------------------------------
 
 def test_unknown_task():

@@ -109,7 +109,15 @@ class RealTask:
         return pack_key(config)
 
     def max_pack_size(self, config: Any) -> int:
-        return config.train.max_pack
+        """``train.max_pack``, or 1 when a cached calibration already found solo runs faster.
+
+        Then every trial is its own claim: it is stored as soon as it finishes (a pack of solo
+        trials is stored when its last trial finishes) and idle workers can take the next one.
+        """
+        k = config.train.max_pack
+        if k > 1 and config.train.pack == "auto" and cached_pack_decision(config, k) is False:
+            return 1
+        return k
 
     def validate(self, config: Any) -> None:
         """Load the data and model once and check the LoRA targets: bad input fails here, in one line."""
@@ -160,6 +168,16 @@ def _locked(path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cached_pack_decision(config: Any, k: int) -> bool | None:
+    """The cached answer to "is a pack of ``k`` such trials faster than solo runs?" (None: not measured)."""
+    path = _calibration_path()
+    try:
+        entry = json.loads(path.read_text()).get(_calibration_key(config, k)) if path.exists() else None
+    except (OSError, ValueError):  # unreadable cache: measure again
+        return None
+    return None if not isinstance(entry, dict) or "pack_faster" not in entry else bool(entry["pack_faster"])
 
 
 def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 2) -> bool:
