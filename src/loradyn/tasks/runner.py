@@ -170,11 +170,14 @@ def _locked(path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _read_calibration(path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def cached_pack_decision(config: Any, k: int) -> bool | None:
     """The cached answer to "is a pack of ``k`` such trials faster than solo runs?" (None: not measured)."""
-    path = _calibration_path()
     try:
-        entry = json.loads(path.read_text()).get(_calibration_key(config, k)) if path.exists() else None
+        entry = _read_calibration(_calibration_path()).get(_calibration_key(config, k))
     except (OSError, ValueError):  # unreadable cache: measure again
         return None
     return None if not isinstance(entry, dict) or "pack_faster" not in entry else bool(entry["pack_faster"])
@@ -191,18 +194,18 @@ def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 2) -> bool:
         return False
     if mode == "pack":
         return True
-    key = _calibration_key(configs[0], len(configs))
+    cached = cached_pack_decision(configs[0], len(configs))
+    if cached is not None:
+        return cached
+    entry = calibrate(recipe, configs, steps=steps)
     path = _calibration_path()
-    table = json.loads(path.read_text()) if path.exists() else {}
-    if key not in table:
-        entry = calibrate(recipe, configs, steps=steps)
-        with _locked(path):  # read-modify-write under a lock: workers calibrate concurrently
-            table = json.loads(path.read_text()) if path.exists() else {}
-            table[key] = entry
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-    return bool(table[key]["pack_faster"])
+    with _locked(path):  # read-modify-write under a lock: workers calibrate concurrently
+        table = _read_calibration(path)
+        table[_calibration_key(configs[0], len(configs))] = entry
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return bool(entry["pack_faster"])
 
 
 def _stepper(recipe, configs, base):
