@@ -265,6 +265,26 @@ def test_reproduce_real_writes_results_summary_and_figure(tmp_path, monkeypatch)
     assert {"experiment", "lora.init", "optim.lr_a", "optim.lr_ratio", "seed", "val_accuracy", "test_accuracy"} <= set(df.columns)
 
 
+def test_gsm_init_reports_val_loss_as_an_uncounted_secondary(tmp_path, monkeypatch):
+    from loradyn.cli import _verdicts
+    from loradyn.tasks.experiments import reproduce_real
+    from loradyn.tasks.results import results_markdown
+
+    monkeypatch.setenv("LORADYN_CACHE", str(tmp_path / "cache"))
+    reproduce_real(
+        "gsm-init", out=tmp_path / "out", quick=True, seeds=1, executor="serial", quiet=True,
+        overrides=["task.model=tiny-llama", "task.n_train=16", "task.n_val=4", "task.n_test=4",
+                   "task.max_new_tokens=8", "train.steps=2", "optim.lr_a=[0.001,0.01]"],
+    )
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    second = saved["secondary"]
+    assert second["metric"] == "val_loss" and second["mode"] == "min" and len(second["verdicts"]) == 2
+    for column in second["columns"]:  # the optimum is the lr with the lowest seed-mean val_loss
+        assert column["best_val_loss"] == min(v for v in column["curve"].values() if v is not None)
+    assert len(_verdicts(saved)) == 2  # the secondary verdicts are not counted
+    assert "Secondary metric `val_loss`" in results_markdown(tmp_path / "out")
+
+
 def test_reproduce_real_bad_input_before_training(tmp_path):
     from loradyn.tasks.experiments import reproduce_real
 
