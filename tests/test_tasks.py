@@ -151,6 +151,12 @@ def test_decide_pack_measures_once_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "calibrate", lambda *a, **k: pytest.fail("calibrated twice"))
     assert runner.decide_pack(recipe, configs) == first
     assert runner.decide_pack(recipe, [_tiny_sentiment(train__pack="solo", seed=s) for s in (0, 1)]) is False
+    monkeypatch.undo()
+    monkeypatch.setenv("LORADYN_CACHE", str(tmp_path))
+    (tmp_path / "pack-calibration.json").write_text("{not json")  # a corrupt cache is measured again and rewritten
+    again = runner.decide_pack(recipe, configs, steps=1)
+    [entry] = json.loads((tmp_path / "pack-calibration.json").read_text()).values()
+    assert entry["k"] == 2 and entry["pack_faster"] == again
 
 
 def test_max_pack_size_follows_cached_calibration(tmp_path, monkeypatch):

@@ -171,14 +171,19 @@ def _locked(path):
 
 
 def _read_calibration(path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The calibration table; a missing or corrupt file reads as empty (it is measured again, then rewritten)."""
+    try:
+        table = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def cached_pack_decision(config: Any, k: int) -> bool | None:
     """The cached answer to "is a pack of ``k`` such trials faster than solo runs?" (None: not measured)."""
     try:
         entry = _read_calibration(_calibration_path()).get(_calibration_key(config, k))
-    except (OSError, ValueError):  # unreadable cache: measure again
+    except OSError:  # unreadable cache: measure again
         return None
     return None if not isinstance(entry, dict) or "pack_faster" not in entry else bool(entry["pack_faster"])
 
