@@ -139,3 +139,21 @@ def test_find_stores_below_a_parent(tmp_path):
     for name in ("b", "a/inner"):
         SweepStore.create(tmp_path / name).close()
     assert [p.relative_to(tmp_path).as_posix() for p in find_stores(tmp_path)] == ["a/inner", "b"]
+
+
+def _create_and_close(directory):
+    try:
+        SweepStore.create(directory).close()
+        return None
+    except Exception as exc:  # reported to the parent
+        return repr(exc)
+
+
+def test_concurrent_creates_of_one_new_store_all_succeed(tmp_path):
+    # two drivers started together on one --out: the WAL switch used to fail with "database is locked"
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(4) as pool:
+        errors = [e for i in range(40) for e in pool.map(_create_and_close, [tmp_path / f"s{i}"] * 4) if e]
+    assert errors == []
+    assert sqlite3.connect(tmp_path / "s0" / "sweep.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -136,6 +136,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _enable_wal(conn: sqlite3.Connection, *, wait_s: float = 60.0) -> None:
+    """Switch to WAL, retrying while another process does the same on a fresh database.
+
+    SQLite answers ``database is locked`` at once here (the busy timeout does not cover the switch),
+    so two drivers starting on one new store would otherwise lose one of them.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SweepStore:
     """A sweep directory's SQLite database. Open with :meth:`create` (writers) or :meth:`open`."""
 
@@ -152,7 +169,7 @@ class SweepStore:
         except (FileExistsError, NotADirectoryError):
             raise LoradynError(f"--out {str(directory)!r} exists and is not a directory") from None
         conn = _connect(directory / DB_NAME)
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
