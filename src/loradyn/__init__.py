@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "LoRAEmbedding": "loradyn.layers",
     "LoRALinear": "loradyn.layers",
     "LoraHandle": "loradyn.discover",
-    "LoraSpec": "loradyn.config",
+    "LoraSpec": "loradyn.specs",
     "LoradynError": "loradyn.errors",
     "SpecError": "loradyn.errors",
     "apply_lora": "loradyn.inject",

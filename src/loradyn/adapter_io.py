@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import LoraSpec
 from .discover import is_lora_layer
 from .errors import LoradynError
 from .inject import apply_lora, lora_layers, matches_target
 from .layers import lora_scaling
+from .specs import LoraSpec
 
 __all__ = ["CONFIG_NAME", "PEFT_EXTRA_KEY_WARNING", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
 

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .config import LoraSpec
 from .discover import is_lora_layer, iter_lora_layers
 from .errors import LoradynError
 from .init import make_generator
 from .layers import LoRAEmbedding, LoRALinear, is_conv1d
+from .specs import LoraSpec
 
 __all__ = [
     "ALL_LINEAR",

@@ -1,257 +1,129 @@
-"""Frozen dataclass specs and their YAML serialization.
-
-One generic mechanism serves every ``*Spec`` in the package:
-
-* ``spec_from_dict(cls, data)`` builds a (possibly nested) frozen dataclass from plain data,
-  coercing each value from the field's annotation and rejecting unknown keys with one line that
-  lists the valid ones.
-* ``spec_to_dict(spec)`` is its inverse (plain, YAML-safe data).
-* ``load_spec(cls, path, overrides)`` / ``save_spec(spec, path)`` read and write YAML;
-  ``apply_overrides(data, ["a.b=1", ...])`` applies dotted ``key=value`` overrides.
-
-Cross-field checks live in each spec's ``__post_init__`` (local invariants) or in the function
-that uses the values.
-"""
+"""``LoraSpec``: the frozen description of a LoRA adapter, with YAML as its serialization."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import functools
-import types
-import typing
-from collections.abc import Mapping, Sequence
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Literal
 
 from .errors import SpecError
+from .serialize import load_spec, save_spec, spec_from_dict, spec_to_dict
 
-T = TypeVar("T")
+__all__ = ["LoraSpec", "OptimSpec"]
 
-__all__ = [
-    "apply_overrides",
-    "load_spec",
-    "load_yaml",
-    "parse_override_value",
-    "save_spec",
-    "spec_from_dict",
-    "spec_to_dict",
-]
+Distribution = Literal["kaiming_uniform", "gaussian"]
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
+def _is_number(value: object) -> bool:
+    """A real number that is not a bool (YAML's ``true`` must not pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Coerce ``value`` to annotation ``tp``; raise SpecError naming ``where`` on failure."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except SpecError as err:
-                errors.append(str(err))
-        raise SpecError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        # allow YAML's 1 vs "1" ambiguity for string literals
-        if isinstance(value, (int, float)) and str(value) in args:
-            return str(value)
-        raise SpecError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise SpecError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return spec_from_dict(tp, value, _where=where)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if isinstance(value, tp):
-            return value
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(repr(m.value) for m in tp)
-            raise SpecError(f"{where}: {value!r} is not one of {choices}") from None
-    if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise SpecError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise SpecError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
-    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise SpecError(f"{where}: expected a mapping, got {value!r}")
-        kt, vt = (args + (Any, Any))[:2] if args else (Any, Any)
-        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise SpecError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SpecError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise SpecError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise SpecError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise SpecError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise SpecError(f"{where}: expected a string, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise SpecError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA adapter: ``W = W0 + scaling * lora_B @ lora_A`` with ``lora_A`` (r x in), ``lora_B`` (out x r).
+
+    Attributes:
+        rank: r >= 1.
+        alpha: PEFT's ``lora_alpha``; ``scaling = alpha / rank`` (``alpha / sqrt(rank)`` with rslora).
+        init: ``"A"`` = Init[A] (B = 0, A random; PEFT's default) or ``"B"`` = Init[B] (A = 0, B random).
+        distribution: ``"kaiming_uniform"`` (PEFT-like; variance 1/(3 fan_in)) or ``"gaussian"``
+            (N(0, 1/fan_in)). See :func:`loradyn.init_lora_`.
+        std_a, std_b: explicit standard deviations that override the distribution's default.
+        rslora: use ``alpha / sqrt(rank)`` scaling.
+        dropout: dropout probability on the adapter input, 0 <= p < 1.
+        target_modules: module-name suffixes to adapt, or ``("all-linear",)``.
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    init: Literal["A", "B"] = "A"
+    distribution: Distribution = "kaiming_uniform"
+    std_a: float | None = None
+    std_b: float | None = None
+    rslora: bool = False
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise SpecError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise SpecError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        if self.init not in ("A", "B"):
+            raise SpecError(f"init must be 'A' (Init[A]: B=0) or 'B' (Init[B]: A=0), got {self.init!r}")
+        if self.distribution not in ("kaiming_uniform", "gaussian"):
+            raise SpecError(
+                f"distribution must be 'kaiming_uniform' or 'gaussian', got {self.distribution!r}"
+            )
+        for name in ("std_a", "std_b"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
+                raise SpecError(f"{name} must be a finite number > 0 (or null for the default), got {value!r}")
+        if not isinstance(self.rslora, bool):
+            raise SpecError(f"rslora must be true or false, got {self.rslora!r}")
+        if not _is_number(self.dropout) or not (0.0 <= self.dropout < 1.0):
+            raise SpecError(f"dropout must satisfy 0 <= dropout < 1, got {self.dropout!r}")
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        else:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise SpecError("target_modules must be a non-empty list of module names (or ['all-linear'])")
+
+    @property
+    def scaling(self) -> float:
+        """The forward multiplier of ``B @ A``: alpha/r, or alpha/sqrt(r) with rslora."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoraSpec:
+        return spec_from_dict(cls, data)
+
+    def to_dict(self) -> dict:
+        return spec_to_dict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoraSpec:
+        return load_spec(cls, path, overrides)
+
+    def to_yaml(self, path: str | Path) -> Path:
+        return save_spec(self, path)
 
 
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+@dataclass(frozen=True)
+class OptimSpec:
+    """The optimizer of an experiment: Adam(W) with LoRA+ learning rates.
 
+    ``lr_b = lr_ratio * lr_a`` (LoRA+, arXiv 2402.12354; ``lr_ratio = 1`` is plain LoRA).
 
-def spec_from_dict(cls: type[T], data: Mapping[str, Any] | None, *, _where: str = "") -> T:
-    """Build the frozen dataclass ``cls`` from plain data; unknown keys are rejected."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{_where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = _type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        prefix = f"{_where}." if _where else ""
-        valid = ", ".join(sorted(fields))
-        raise SpecError(f"unknown key {prefix}{unknown[0]!s} in {cls.__name__}; valid keys: {valid}")
-    kwargs = {}
-    for name, value in data.items():
-        where = f"{_where}.{name}" if _where else name
-        kwargs[name] = _coerce(value, hints[name], where)
-    try:
-        return cls(**kwargs)
-    except SpecError as err:
-        if _where and not str(err).startswith(_where):
-            raise SpecError(f"{_where}: {err}") from None
-        raise
-    except TypeError as err:  # missing required fields
-        raise SpecError(f"{_where or cls.__name__}: {err}") from None
+    Attributes:
+        name: ``"adam"`` or ``"adamw"``.
+        lr_a: learning rate of ``lora_A`` (and of every other trainable matrix).
+        lr_ratio: λ = lr_b / lr_a.
+        betas, eps, weight_decay: the usual Adam(W) hyper-parameters.
+    """
 
+    name: Literal["adam", "adamw"] = "adam"
+    lr_a: float = 1e-3
+    lr_ratio: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
 
-def spec_to_dict(spec: Any) -> Any:
-    """Plain, YAML-safe data for a (nested) spec."""
-    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
-        return {f.name: spec_to_dict(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
-    if isinstance(spec, enum.Enum):
-        return spec.value
-    if isinstance(spec, (list, tuple)):
-        return [spec_to_dict(v) for v in spec]
-    if isinstance(spec, Mapping):
-        return {str(k): spec_to_dict(v) for k, v in spec.items()}
-    return spec
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr_a) and self.lr_a > 0):
+            raise SpecError(f"optim.lr_a must be a finite number > 0, got {self.lr_a!r}")
+        if not (math.isfinite(self.lr_ratio) and self.lr_ratio > 0):
+            raise SpecError(f"optim.lr_ratio must be a finite number > 0, got {self.lr_ratio!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise SpecError(f"optim.betas must lie in [0, 1), got {self.betas!r}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise SpecError(f"optim.eps must be a finite number >= 0, got {self.eps!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise SpecError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
 
-
-def parse_override_value(text: str) -> Any:
-    """Parse the value side of ``key=value`` as YAML (``4`` -> 4, ``[1,2]`` -> list, ``A`` -> 'A')."""
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
-    import copy
-
-    out = copy.deepcopy(dict(data))
-    for item in overrides:
-        if "=" not in item:
-            raise SpecError(f"override {item!r} is not of the form key=value (e.g. optim.lr_a=1e-3)")
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        if not key:
-            raise SpecError(f"override {item!r} has an empty key")
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = {}
-                node[part] = nxt
-            if not isinstance(nxt, dict):
-                raise SpecError(f"override {key!r}: {part!r} is not a section")
-            node = nxt
-        node[parts[-1]] = parse_override_value(raw)
-    return out
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; missing files and malformed YAML give one clear line."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"spec file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise SpecError(f"spec path {str(path)!r} is a directory, expected a YAML file")
-    try:
-        with path.open() as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "parse error"
-        raise SpecError(f"malformed YAML in {str(path)!r}{where}: {problem}") from None
-
-
-def load_spec(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
-    """Load ``cls`` from YAML, applying dotted ``key=value`` overrides."""
-    data = load_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{str(path)!r} must hold a YAML mapping, not {type(data).__name__}")
-    return spec_from_dict(cls, apply_overrides(data, overrides))
-
-
-def save_spec(spec: Any, path: str | Path) -> Path:
-    """Write ``spec`` as YAML; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        yaml.safe_dump(spec_to_dict(spec), fh, sort_keys=False)
-    return path
+    @property
+    def lr_b(self) -> float:
+        return self.lr_a * self.lr_ratio

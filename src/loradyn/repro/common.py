@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import LoradynError
-from ..specs import apply_overrides, parse_override_value, spec_from_dict, spec_to_dict
+from ..serialize import apply_overrides, parse_override_value, spec_from_dict, spec_to_dict
 
 __all__ = [
     "Context",

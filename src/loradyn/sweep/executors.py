@@ -91,7 +91,7 @@ def execute_pack(job: PackJob) -> PackOutcome:
     """Build the configs and run one pack; never raises."""
     start = time.perf_counter()
     try:
-        from ..specs import spec_from_dict
+        from ..serialize import spec_from_dict
 
         _import_task_module(job)
         task = get_task(job.kind)

@@ -4,7 +4,7 @@ A *task* trains a pack of trial configurations together and returns one result p
 The sweep engine (expansion, store, executors, CLI) knows nothing else about a task.
 
 * A trial configuration is an instance of the task's ``spec_cls``: a frozen dataclass (see
-  :mod:`loradyn.specs`) that holds everything needed to run the trial, including ``seed``.
+  :mod:`loradyn.serialize`) that holds everything needed to run the trial, including ``seed``.
   The sweep engine builds it with ``spec_from_dict(task.spec_cls, resolved_dict)``, so unknown
   keys and ill-typed values are rejected with one line.
 * ``pack_key(config)`` says which trials may share a pack (for the synthetic task: the same

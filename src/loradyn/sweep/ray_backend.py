@@ -57,7 +57,7 @@ class RayExecutor:
     def submit(self, job: PackJob) -> Any:
         # plain dicts: Ray unpickles arguments before execute_pack can put the driver's sys.path
         # in place, so a task module outside site-packages (tests, scripts) must not be needed there
-        from ..specs import spec_to_dict
+        from ..serialize import spec_to_dict
 
         configs = tuple(c if isinstance(c, dict) else spec_to_dict(c) for c in job.configs)
         return self._remote.remote(PackJob(job.pack, job.kind, job.task_module, configs,

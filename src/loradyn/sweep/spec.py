@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SpecError
-from ..specs import load_yaml, parse_override_value, spec_from_dict, spec_to_dict
+from ..serialize import load_yaml, parse_override_value, spec_from_dict, spec_to_dict
 from .protocol import Task, get_task
 
 __all__ = [

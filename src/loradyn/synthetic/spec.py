@@ -1,7 +1,7 @@
 """``SyntheticSpec``: one trial of the teacher–student LoRA model (arXiv 2406.08447, §6.1 of the notes).
 
 The model is ``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))`` with φ = ReLU. Every knob is a field
-with a documented default; a trial is built with :func:`loradyn.specs.spec_from_dict`, so unknown
+with a documented default; a trial is built with :func:`loradyn.serialize.spec_from_dict`, so unknown
 keys and ill-typed values are rejected with one line. Sections use the dotted names of sweeps and
 ``loradyn reproduce`` overrides: ``task.width``, ``lora.init``, ``optim.lr_a``, ``train.steps``...
 
@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import OptimSpec
 from ..errors import SpecError
-from ..specs import spec_from_dict, spec_to_dict
+from ..serialize import spec_from_dict, spec_to_dict
+from ..specs import OptimSpec
 
 __all__ = [
     "ALPHA_RULES",
@@ -170,7 +170,7 @@ class SyntheticTrainSpec:
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """One trial: ``task``, ``lora``, ``optim`` (:class:`loradyn.config.OptimSpec`), ``train``, ``seed``.
+    """One trial: ``task``, ``lora``, ``optim`` (:class:`loradyn.specs.OptimSpec`), ``train``, ``seed``.
 
     ``optim.lr_a`` is A's learning rate, ``optim.lr_ratio`` is λ with ``lr_b = λ·lr_a`` (LoRA+);
     ``optim.name`` is ``adam`` (L2 ``weight_decay`` added to the gradient) or ``adamw``

@@ -19,7 +19,7 @@ import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ..specs import spec_from_dict
+from ..serialize import spec_from_dict
 from ..sweep.protocol import TrialResult, register_task
 from .data import frozen_parts
 from .engine import ChunkOutcome, train_full, train_lora_chunk

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import LoraSpec
 from ..errors import LoradynError
+from ..specs import LoraSpec
 from .assets import minilm_dir, smollm2_dir
 
 __all__ = ["load_model", "load_tokenizer", "lora_config", "check_targets", "reset_head_"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import LoradynError
-from ..specs import spec_to_dict
+from ..serialize import spec_to_dict
 from ..sweep.protocol import TrialResult
 from .assets import cache_dir
 from .recipes import make_recipe

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import LoraSpec, OptimSpec
 from ..errors import SpecError
+from ..specs import LoraSpec, OptimSpec
 
 __all__ = [
     "GsmSpec",
