@@ -13,7 +13,7 @@ from loradyn import LoraSpec
 from loradyn.errors import LoradynError, SpecError
 from loradyn.init import InitScheme
 
-VALID_KEYS = "alpha, distribution, dropout, init, rank, rslora, std_a, std_b, target_modules"
+VALID_KEYS = "alpha, distribution, dropout, init, modules_to_save, rank, rslora, std_a, std_b, target_modules"
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -86,7 +86,7 @@ def test_from_yaml_with_overrides(tmp_path: Path) -> None:
 
 
 # --- unknown keys -------------------------------------------------------------------------------
-@pytest.mark.parametrize("key", ["ranks", "lora_alpha", "use_rslora", "r"])
+@pytest.mark.parametrize("key", ["ranks", "lora_alphas", "use_dora", "R"])
 def test_unknown_key_lists_valid_keys(key: str) -> None:
     with pytest.raises(SpecError) as err:
         LoraSpec.from_dict({"rank": 4, key: 1})
@@ -95,8 +95,8 @@ def test_unknown_key_lists_valid_keys(key: str) -> None:
 
 def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
     path = tmp_path / "lora.yaml"
-    path.write_text("rank: 4\nlora_dropout: 0.1\n")
-    with pytest.raises(SpecError, match=f"unknown key lora_dropout in LoraSpec; valid keys: {VALID_KEYS}") as err:
+    path.write_text("rank: 4\nlora_dropouts: 0.1\n")
+    with pytest.raises(SpecError, match=f"unknown key lora_dropouts in LoraSpec; valid keys: {VALID_KEYS}") as err:
         LoraSpec.from_yaml(path)
     _one_line(err)
 
@@ -126,6 +126,8 @@ INVALID = [
     ({"target_modules": []}, "target_modules must be a non-empty list"),
     ({"target_modules": "q_proj"}, "target_modules: expected a list"),
     ({"target_modules": ["q_proj", ""]}, "target_modules must be a non-empty list"),
+    ({"modules_to_save": ["classifier", ""]}, "modules_to_save must be a list of module names"),
+    ({"modules_to_save": "classifier"}, "modules_to_save: expected tuple[str, ...] | None"),
 ]
 
 
@@ -208,3 +210,82 @@ def test_optim_spec_invalid(data: dict, match: str) -> None:
     with pytest.raises(SpecError) as err:
         spec_from_dict(OptimSpec, data)
     assert match in _one_line(err)
+
+
+# --- PEFT names (r, lora_alpha, lora_dropout, use_rslora) and LoraSpec.from_peft ---------------------
+PEFT_KEYS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "use_rslora": True,
+             "target_modules": ["q_proj", "k_proj"], "modules_to_save": ["classifier"]}
+def _ours() -> LoraSpec:
+    return LoraSpec(rank=16, alpha=32.0, dropout=0.05, rslora=True, target_modules=("q_proj", "k_proj"),
+                    modules_to_save=("classifier",))
+
+
+def test_peft_names_in_from_dict_yaml_and_constructor(tmp_path: Path) -> None:
+    assert LoraSpec.from_dict(PEFT_KEYS) == _ours()
+    path = tmp_path / "peft.yaml"
+    path.write_text(yaml.safe_dump(PEFT_KEYS))
+    assert LoraSpec.from_yaml(path) == _ours()
+    assert LoraSpec.from_yaml(path, ["r=4", "lora_alpha=8"]) == dataclasses.replace(_ours(), rank=4, alpha=8.0)
+    assert LoraSpec.from_yaml(path, ["rank=4"]).rank == 4  # loradyn's name overrides a PEFT-named key
+    assert LoraSpec(**PEFT_KEYS) == _ours()
+    assert dataclasses.replace(_ours(), rank=2).rank == 2  # replace() still takes loradyn's names
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("rank", "r"), ("alpha", "lora_alpha"),
+                                              ("dropout", "lora_dropout"), ("rslora", "use_rslora")])
+def test_both_names_of_one_field_are_rejected(ours: str, theirs: str, tmp_path: Path) -> None:
+    value = getattr(_ours(), ours)
+    for build in (lambda: LoraSpec.from_dict({ours: value, theirs: value}),
+                  lambda: LoraSpec(**{ours: value, theirs: value})):
+        with pytest.raises(SpecError, match=f"both {ours} and PEFT's name for it, {theirs}") as err:
+            build()
+        _one_line(err)
+    path = tmp_path / "both.yaml"
+    path.write_text(f"{ours}: {value}\n{theirs}: {value}\n")
+    with pytest.raises(SpecError, match="give one") as err:
+        LoraSpec.from_yaml(path)
+    _one_line(err)
+
+
+def test_modules_to_save_field() -> None:
+    assert LoraSpec().modules_to_save is None  # the default: a classification model's head
+    assert LoraSpec(modules_to_save=["classifier", "pooler"]).modules_to_save == ("classifier", "pooler")
+    assert LoraSpec(modules_to_save="score").modules_to_save == ("score",)
+    assert LoraSpec.from_dict({"modules_to_save": []}).modules_to_save == ()
+    assert LoraSpec.from_dict(_ours().to_dict()) == _ours()
+
+
+def test_from_peft_converts_names_and_init() -> None:
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, use_rslora=True,
+                             target_modules=["q_proj", "k_proj"], modules_to_save=["classifier"])
+    assert LoraSpec.from_peft(config) == dataclasses.replace(_ours(), target_modules=("k_proj", "q_proj"))
+    assert LoraSpec.from_peft(config, init="B", std_b=0.01).init == "B"
+    gauss = LoraSpec.from_peft(peft.LoraConfig(r=4, target_modules=["q"], init_lora_weights="gaussian"))
+    assert (gauss.distribution, gauss.std_a, gauss.alpha) == ("gaussian", 0.25, 8.0)  # PEFT: A ~ N(0, 1/r)
+    assert LoraSpec.from_peft(peft.LoraConfig(target_modules="all-linear")).target_modules == ("all-linear",)
+    seq = LoraSpec.from_peft(peft.LoraConfig(target_modules=["q"], task_type="SEQ_CLS"))
+    assert seq.modules_to_save is None  # loradyn's default trains the head, as SEQ_CLS does
+    causal = LoraSpec.from_peft(peft.LoraConfig(target_modules=["q"], task_type="CAUSAL_LM"))
+    assert causal.modules_to_save == ()
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"use_dora": True}, "LoraConfig.use_dora=True has no loradyn equivalent"),
+    ({"bias": "all"}, "LoraConfig.bias='all' has no loradyn equivalent"),
+    ({"rank_pattern": {"q": 2}}, "LoraConfig.rank_pattern="),
+    ({"layers_to_transform": [0]}, "LoraConfig.layers_to_transform="),
+    ({"target_modules": r".*\.q"}, "is a regex; loradyn matches name suffixes"),
+    ({"target_modules": None}, "target_modules is None"),
+    ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa' has no loradyn equivalent"),
+    ({"init_lora_weights": False}, "init_lora_weights=False has no loradyn equivalent"),
+    ({"task_type": "SEQ_CLS", "modules_to_save": ["pooler"]}, "also trains the 'classifier'/'score' head"),
+])
+def test_from_peft_refuses_what_loradyn_cannot_honour(kwargs: dict, match: str) -> None:
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(**{"target_modules": ["q"], **kwargs})
+    with pytest.raises(LoradynError, match=match) as err:
+        LoraSpec.from_peft(config)
+    _one_line(err)
+    with pytest.raises(LoradynError, match="takes a peft.LoraConfig"):
+        LoraSpec.from_peft({"r": 8})

@@ -1,16 +1,28 @@
-"""``LoraSpec``: the frozen description of a LoRA adapter, with YAML as its serialization."""
+"""``LoraSpec``: the frozen description of a LoRA adapter, with YAML as its serialization.
+
+``LoraSpec`` speaks loradyn's field names and also accepts PEFT's (``r``, ``lora_alpha``,
+``lora_dropout``, ``use_rslora``) as constructor keywords, in :meth:`LoraSpec.from_dict` and in
+YAML; :meth:`LoraSpec.from_peft` converts a ``peft.LoraConfig``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from .errors import SpecError
-from .serialize import load_spec, save_spec, spec_from_dict, spec_to_dict
+from .errors import LoradynError, SpecError
+from .serialize import apply_overrides, load_yaml, save_spec, spec_from_dict, spec_to_dict
 
-__all__ = ["LoraSpec", "OptimSpec"]
+__all__ = ["PEFT_NAMES", "LoraSpec", "OptimSpec"]
+
+#: PEFT ``LoraConfig`` name -> loradyn ``LoraSpec`` name (``target_modules`` and ``modules_to_save``
+#: are spelled the same in both).
+PEFT_NAMES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_rslora": "rslora"}
 
 Distribution = Literal["kaiming_uniform", "gaussian"]
 
@@ -20,6 +32,30 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def canonical_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with PEFT's key names renamed to loradyn's; both names of one field is an error."""
+    out = dict(data)
+    for peft_name, ours in PEFT_NAMES.items():
+        if peft_name in out:
+            if ours in out:
+                raise SpecError(f"LoraSpec got both {ours} and PEFT's name for it, {peft_name}: give one")
+            out[ours] = out.pop(peft_name)
+    return out
+
+
+def _accept_peft_keywords(cls: type) -> type:
+    """Let the dataclass constructor take PEFT's keyword names too (``LoraSpec(r=8, lora_alpha=16)``)."""
+    generated = cls.__init__
+
+    @functools.wraps(generated)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        generated(self, *args, **canonical_keys(kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accept_peft_keywords
 @dataclass(frozen=True)
 class LoraSpec:
     """A LoRA adapter: ``W = W0 + scaling * lora_B @ lora_A`` with ``lora_A`` (r x in), ``lora_B`` (out x r).
@@ -34,6 +70,33 @@ class LoraSpec:
         rslora: use ``alpha / sqrt(rank)`` scaling.
         dropout: dropout probability on the adapter input, 0 <= p < 1.
         target_modules: module-name suffixes to adapt, or ``("all-linear",)``.
+        modules_to_save: module-name suffixes of modules that are trained in full and saved with
+            the adapter (PEFT's ``modules_to_save``), e.g. ``("classifier",)``. ``None`` (default)
+            means the classification head (``classifier`` / ``score``) on classification models
+            (``*ForSequenceClassification``, ``*ForTokenClassification``), as PEFT's
+            ``task_type="SEQ_CLS"`` does, and nothing otherwise; ``()`` means nothing.
+
+    PEFT's names are accepted as constructor keywords, in :meth:`from_dict` and in YAML (giving
+    both names of one field is an error); :meth:`from_peft` converts a ``peft.LoraConfig``:
+
+    ================================= ============================== ====================================
+    loradyn ``LoraSpec``              PEFT ``LoraConfig``            note
+    ================================= ============================== ====================================
+    ``rank``                          ``r``
+    ``alpha``                         ``lora_alpha``                 scaling = alpha / rank
+    ``dropout``                       ``lora_dropout``
+    ``rslora``                        ``use_rslora``                 scaling = alpha / sqrt(rank)
+    ``target_modules``                ``target_modules``             names; a regex string is refused
+    ``modules_to_save``               ``modules_to_save``            ``None``: head of cls. models
+    ``init="A"``                      ``init_lora_weights=True``     B = 0, A kaiming-uniform
+    ``distribution="gaussian"``,      ``init_lora_weights=``         A ~ N(0, (1/r)^2), B = 0
+    ``std_a=1/rank``                  ``"gaussian"``
+    ``init="B"``, ``std_b``           (none)                         loradyn only: ``from_peft`` keywords
+    ================================= ============================== ====================================
+
+    Every other ``LoraConfig`` option (DoRA, bias, rank/alpha patterns, layers_to_transform, ...)
+    must stay at its default for ``from_peft``; ``fan_in_fan_out`` is ignored (loradyn detects
+    ``Conv1D``).
     """
 
     rank: int = 8
@@ -45,6 +108,7 @@ class LoraSpec:
     rslora: bool = False
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    modules_to_save: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -71,6 +135,11 @@ class LoraSpec:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             raise SpecError("target_modules must be a non-empty list of module names (or ['all-linear'])")
+        if self.modules_to_save is not None:
+            saved = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else tuple(self.modules_to_save)
+            if not all(isinstance(t, str) and t for t in saved):
+                raise SpecError("modules_to_save must be a list of module names ([] for none, null for the default)")
+            object.__setattr__(self, "modules_to_save", saved)
 
     @property
     def scaling(self) -> float:
@@ -78,18 +147,102 @@ class LoraSpec:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     @classmethod
-    def from_dict(cls, data: dict) -> LoraSpec:
-        return spec_from_dict(cls, data)
+    def from_dict(cls, data: Mapping[str, Any] | None) -> LoraSpec:
+        """Build from plain data; loradyn's or PEFT's key names (see the class docstring)."""
+        if data is not None and not isinstance(data, Mapping):
+            raise SpecError(f"LoraSpec: expected a mapping, got {data!r}")
+        return spec_from_dict(cls, canonical_keys(data or {}))
 
     def to_dict(self) -> dict:
         return spec_to_dict(self)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoraSpec:
-        return load_spec(cls, path, overrides)
+        """Load from YAML with dotted ``key=value`` overrides; loradyn's or PEFT's key names."""
+        data = load_yaml(path)
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{str(path)!r} must hold a YAML mapping, not {type(data).__name__}")
+        renamed = []
+        for item in overrides:
+            key, sep, value = str(item).partition("=")
+            renamed.append(f"{PEFT_NAMES.get(key.strip(), key)}{sep}{value}")
+        return cls.from_dict(apply_overrides(canonical_keys(data), renamed))
+
+    @classmethod
+    def from_peft(cls, config: Any, **overrides: Any) -> LoraSpec:
+        """Convert a ``peft.LoraConfig``; ``overrides`` set loradyn-only fields (``init="B"``, ``std_b``...).
+
+        Raises:
+            LoradynError: an option loradyn cannot honour (DoRA, bias, per-layer patterns, a regex
+                ``target_modules``, another init...), one line naming it.
+        """
+        return cls(**{**_kwargs_from_peft(config), **overrides})
 
     def to_yaml(self, path: str | Path) -> Path:
         return save_spec(self, path)
+
+
+# LoraConfig fields from_peft converts, and fields that do not change the adapter's function
+_CONVERTED = {"r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules", "modules_to_save", "init_lora_weights"}
+_IRRELEVANT = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+               "inference_mode", "fan_in_fan_out", "runtime_config", "megatron_core", "qalora_group_size"}
+_CLS_TASKS = ("SEQ_CLS", "TOKEN_CLS")
+
+
+def _kwargs_from_peft(config: Any) -> dict[str, Any]:
+    """LoraSpec keyword arguments equivalent to a ``peft.LoraConfig`` (see the LoraSpec table)."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise LoradynError("LoraSpec.from_peft needs peft: pip install 'loradyn[hf]'") from None
+    if not isinstance(config, LoraConfig):
+        raise LoradynError(f"LoraSpec.from_peft takes a peft.LoraConfig, got {type(config).__name__}")
+    default = LoraConfig()
+    for field in dataclasses.fields(config):
+        name = field.name
+        if name in _CONVERTED or name in _IRRELEVANT:
+            continue
+        value, plain = getattr(config, name), getattr(default, name, None)
+        if value != plain:
+            raise LoradynError(
+                f"LoraConfig.{name}={value!r} has no loradyn equivalent: leave it at {plain!r} or use peft.get_peft_model"
+            )
+    targets = config.target_modules
+    if targets is None:
+        raise LoradynError("LoraConfig.target_modules is None (PEFT's per-architecture default): list the modules")
+    if isinstance(targets, str):
+        if targets.lower() != "all-linear":
+            raise LoradynError(
+                f"LoraConfig.target_modules={targets!r} is a regex; loradyn matches name suffixes: give a list of names"
+            )
+        targets = [targets]
+    kwargs: dict[str, Any] = {
+        "rank": config.r, "alpha": float(config.lora_alpha), "dropout": float(config.lora_dropout),
+        "rslora": bool(config.use_rslora), "target_modules": tuple(sorted(targets)),
+    }
+    task = getattr(config.task_type, "value", config.task_type)
+    saved = config.modules_to_save
+    if saved is not None:
+        saved = tuple(saved)
+        if task in _CLS_TASKS and not {"classifier", "score"} & set(saved):
+            raise LoradynError(
+                f"LoraConfig(task_type={task!r}) also trains the 'classifier'/'score' head: add the model's head "
+                "to modules_to_save"
+            )
+    elif task not in (None, *_CLS_TASKS):
+        saved = ()  # CAUSAL_LM etc. train no head; SEQ_CLS/TOKEN_CLS/None keep loradyn's head default
+    kwargs["modules_to_save"] = saved
+    init = config.init_lora_weights
+    if isinstance(init, str) and init.lower() == "gaussian":
+        kwargs.update(distribution="gaussian", std_a=1.0 / config.r)  # PEFT: A ~ N(0, 1/r)
+    elif init is not True:
+        raise LoradynError(
+            f"LoraConfig.init_lora_weights={init!r} has no loradyn equivalent: use True or 'gaussian' "
+            "(and init='B' for Init[B])"
+        )
+    return kwargs
 
 
 @dataclass(frozen=True)
