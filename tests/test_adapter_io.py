@@ -185,3 +185,184 @@ def test_errors(tmp_path) -> None:
         save_adapter(tiny_llama(), tmp_path)
     with pytest.raises(LoradynError, match="not found"):
         load_adapter(tiny_llama(), tmp_path / "missing")
+
+
+# --- modules_to_save: the classification head is trained, saved and reloaded ------------------------
+SENTENCES = ["a wonderful, moving film", "dull and far too long", "I loved every minute of it",
+             "a waste of two hours", "sharp, funny and warm", "the plot makes no sense"]
+
+
+def _minilm(seed: int) -> torch.nn.Module:
+    """MiniLM with a fresh 2-class head drawn from ``seed`` (eval mode: no dropout, deterministic)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from loradyn.tasks.assets import minilm_dir
+
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "Some weights ... newly initialized: classifier" is the point here
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def test_minilm_head_is_trained_saved_and_reloaded_by_stock_peft_and_load_adapter(tmp_path) -> None:
+    """Before modules_to_save the head stayed frozen and unsaved: a reloaded model had another head."""
+    from transformers import AutoTokenizer
+
+    from loradyn.tasks.assets import minilm_dir
+
+    batch = AutoTokenizer.from_pretrained(minilm_dir())(SENTENCES, padding=True, return_tensors="pt")
+    labels = torch.tensor([1, 0, 1, 0, 1, 0])
+    model = _minilm(seed=0)
+    head = model.classifier.weight.detach().clone()
+    loradyn.apply_lora(model, loradyn.LoraSpec(rank=4, alpha=8.0, target_modules=("query", "value")), generator=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= trainable  # the default for *ForSequenceClassification
+    assert all("lora_" in n or n.startswith("classifier.") for n in trainable)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and not torch.equal(model.classifier.weight, head)  # the head learns
+    with torch.no_grad():
+        want = model(**batch).logits
+    directory = save_adapter(model, tmp_path)
+
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier"] and config["task_type"] == "SEQ_CLS"
+    keys = set(safetensors_torch.load_file(str(directory / "adapter_model.safetensors")))
+    # PEFT's layout: the module's own keys; "classifier.modules_to_save.default.weight" would not load
+    assert {"base_model.model.classifier.weight", "base_model.model.classifier.bias"} <= keys
+    assert not any("modules_to_save" in k or "original_module" in k for k in keys)
+
+    fresh = _minilm(seed=1)
+    assert not torch.equal(fresh.classifier.weight, head)  # another random head
+    with torch.no_grad():
+        got = peft_load(fresh, directory)(**batch).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+    again = load_adapter(_minilm(seed=2), directory)
+    assert {n for n, p in again.named_parameters() if p.requires_grad} == trainable
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, want, rtol=0, atol=1e-5)
+
+
+def test_peft_seq_cls_adapter_loads_head_into_loradyn(tmp_path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def base():
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return BertForSequenceClassification(cfg).double().eval()
+
+    model = peft.get_peft_model(base(), peft.LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
+    train_steps(model, IDS, steps=2)
+    model.save_pretrained(str(tmp_path))
+    fresh = base()
+    torch.nn.init.normal_(fresh.classifier.weight)  # another head than the one PEFT trained
+    load_adapter(fresh, tmp_path)
+    assert fresh.classifier.weight.requires_grad
+    torch.testing.assert_close(model_output(fresh, IDS), model_output(model, IDS), **TOL)
+
+
+def test_explicit_modules_to_save_round_trip_through_stock_peft(tmp_path) -> None:
+    model = tiny_llama()
+    fresh = tiny_llama(seed=1)
+    fresh.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(fresh.lm_head.weight)  # only the saved module differs
+    spec = loradyn.LoraSpec(rank=2, target_modules=("q_proj",), modules_to_save=("lm_head",))
+    loradyn.apply_lora(model, spec, generator=0)
+    train_steps(model, IDS, steps=2)
+    directory = save_adapter(model, tmp_path)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["lm_head"] and config["task_type"] is None
+    torch.testing.assert_close(model_output(peft_load(copy.deepcopy(fresh), directory), IDS),
+                               model_output(model, IDS), **TOL)
+    torch.testing.assert_close(model_output(load_adapter(fresh, directory), IDS), model_output(model, IDS), **TOL)
+
+
+# --- file errors: one line naming the file and the fix; pickles are never unpickled ---------------------
+def _saved(tmp_path):
+    model = loradyn.apply_lora(tiny_llama(), loradyn.LoraSpec(rank=2, target_modules=("q_proj",)), generator=0)
+    return save_adapter(model, tmp_path / "adapter")
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg and "\x1b" not in msg
+    return msg
+
+
+def test_save_to_an_unwritable_path_is_one_line(tmp_path) -> None:
+    model = loradyn.apply_lora(tiny_llama(), loradyn.LoraSpec(rank=2, target_modules=("q_proj",)))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "sub"):
+        with pytest.raises(LoradynError, match="cannot write the adapter to .*a_file.*give a writable directory") as err:
+            save_adapter(model, target)
+        _one_line(err)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "pickle_renamed", "empty"])
+def test_corrupt_safetensors_is_one_line(damage: str, tmp_path) -> None:
+    directory = _saved(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00\x01not safetensors" * 10)
+    elif damage == "pickle_renamed":
+        torch.save({"base_model.model.x.lora_A.weight": torch.zeros(2, 2)}, weights)
+    else:
+        weights.write_bytes(b"")
+    with pytest.raises(LoradynError, match=r"adapter_model\.safetensors is not a readable safetensors file.*again") as err:
+        load_adapter(tiny_llama(), directory)
+    _one_line(err)
+
+
+def test_pickled_bin_weights_are_refused_without_unpickling(tmp_path, monkeypatch) -> None:
+    directory = _saved(tmp_path)
+    tensors = safetensors_torch.load_file(str(directory / "adapter_model.safetensors"))
+    torch.save(tensors, directory / "adapter_model.bin")  # a perfectly valid torch pickle
+    (directory / "adapter_model.safetensors").unlink()
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load must not be called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(LoradynError, match=r"adapter_model\.bin is a pickle, which loradyn never loads") as err:
+        load_adapter(tiny_llama(), directory)
+    _one_line(err)
+
+
+def test_bad_config_and_paths_are_one_line(tmp_path) -> None:
+    directory = _saved(tmp_path)
+    with pytest.raises(LoradynError, match="is a file: pass the adapter directory") as err:
+        load_adapter(tiny_llama(), directory / "adapter_model.safetensors")
+    _one_line(err)
+    with pytest.raises(LoradynError, match="not found") as err:
+        load_adapter(tiny_llama(), tmp_path / "missing")
+    _one_line(err)
+    config = directory / "adapter_config.json"
+    config.write_text(config.read_text()[:40])  # truncated JSON
+    with pytest.raises(LoradynError, match=r"adapter_config\.json is not valid JSON .*save the adapter again") as err:
+        load_adapter(tiny_llama(), directory)
+    _one_line(err)
+    config.write_text("[1, 2]")
+    with pytest.raises(LoradynError, match="holds no JSON object") as err:
+        load_adapter(tiny_llama(), directory)
+    _one_line(err)
+    config.write_text('{"peft_type": "LORA"}')
+    (directory / "adapter_model.safetensors").unlink()
+    with pytest.raises(LoradynError, match="no adapter_model.safetensors in") as err:
+        load_adapter(tiny_llama(), directory)
+    _one_line(err)

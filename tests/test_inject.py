@@ -7,6 +7,7 @@ restores base weights within 1e-13 absolute (one add and one subtract of the sam
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -193,3 +194,68 @@ def test_merge_without_lora_layers_raises() -> None:
 def test_bad_spec_type() -> None:
     with pytest.raises(LoradynError, match="LoraSpec"):
         loradyn.apply_lora(toy(), {"rank": 2})
+
+
+# --- modules_to_save ------------------------------------------------------------------------------
+def tiny_bert_classifier() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return transformers.BertForSequenceClassification(cfg).double().eval()
+
+
+def test_classification_head_is_trained_by_default_as_peft_seq_cls() -> None:
+    model = loradyn.apply_lora(tiny_bert_classifier(), loradyn.LoraSpec(rank=2, target_modules=("query",)))
+    names = set(trainable(model))
+    assert {"classifier.weight", "classifier.bias"} <= names
+    assert names - {"classifier.weight", "classifier.bias"} == set(lora_state_dict(model))
+    assert model._loradyn_modules_to_save == ("classifier",)
+    assert model._loradyn_spec.modules_to_save is None  # the spec is stored as given
+    none = loradyn.apply_lora(tiny_bert_classifier(), loradyn.LoraSpec(rank=2, target_modules=("query",)),
+                              modules_to_save=())
+    assert not any(n.startswith("classifier") for n in trainable(none))
+    spec_none = loradyn.LoraSpec(rank=2, target_modules=("query",), modules_to_save=())
+    assert not any(n.startswith("classifier") for n in trainable(loradyn.apply_lora(tiny_bert_classifier(), spec_none)))
+
+
+def test_explicit_modules_to_save_and_no_default_without_a_head() -> None:
+    model = loradyn.apply_lora(toy(), loradyn.LoraSpec(rank=2, target_modules=("q_proj",)))
+    assert not any(n.startswith("classifier") for n in trainable(model))  # ToyAttention has no config
+    model = loradyn.apply_lora(toy(), loradyn.LoraSpec(rank=2, target_modules=("q_proj",)),
+                               modules_to_save=["classifier", "norm"])
+    assert {"classifier.weight", "classifier.bias", "norm.weight", "norm.bias"} <= set(trainable(model))
+    assert model._loradyn_spec.modules_to_save == ("classifier", "norm")
+
+
+def test_lora_targets_inside_modules_to_save_are_skipped_as_in_peft() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)))
+    loradyn.apply_lora(model, loradyn.LoraSpec(rank=2, target_modules=("all-linear",), modules_to_save=("1",)))
+    assert isinstance(model[0], LoRALinear) and type(model[1][0]) is nn.Linear
+    assert {"1.0.weight", "1.1.weight"} <= set(trainable(model))
+    with pytest.raises(LoradynError, match="matched no module outside modules_to_save") as err:
+        loradyn.apply_lora(toy(), loradyn.LoraSpec(target_modules=("classifier",), modules_to_save=("classifier",)))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_modules_to_save_is_one_line() -> None:
+    with pytest.raises(LoradynError, match=r"modules_to_save \['head'\] matched no module") as err:
+        loradyn.apply_lora(toy(), loradyn.LoraSpec(rank=2, target_modules=("q_proj",), modules_to_save=("head",)))
+    assert "\n" not in str(err.value)
+
+
+# --- rank larger than the layer -------------------------------------------------------------------
+def test_rank_above_min_features_warns_once_in_one_line() -> None:
+    model = nn.Sequential(nn.Linear(16, 4), nn.Linear(4, 16), nn.Linear(16, 16))
+    with pytest.warns(UserWarning) as record:
+        loradyn.apply_lora(model, loradyn.LoraSpec(rank=8, target_modules=("0", "1", "2")))
+    messages = [str(w.message) for w in record if "exceeds" in str(w.message)]
+    assert messages == ["rank 8 exceeds min(in_features, out_features) = 4 of '0' (and 1 more layers): "
+                        "the update B @ A has rank at most 4 there; lower the rank"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loradyn.apply_lora(nn.Sequential(nn.Linear(16, 4)), loradyn.LoraSpec(rank=4, target_modules=("0",)))
+        loradyn.apply_lora(nn.Sequential(nn.Embedding(10, 4)), loradyn.LoraSpec(rank=4, target_modules=("0",)))
+    with pytest.warns(UserWarning, match="= 4 of '0'"):
+        loradyn.apply_lora(nn.Sequential(nn.Embedding(10, 4)), loradyn.LoraSpec(rank=5, target_modules=("0",)))

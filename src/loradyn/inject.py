@@ -5,12 +5,20 @@ a module is adapted when its qualified name equals a target or ends with ``"." +
 ``"all-linear"`` adapts every ``nn.Linear`` and transformers ``Conv1D`` except the output layer, as
 PEFT does: the module returned by ``model.get_output_embeddings()`` (e.g. ``lm_head``), or, for
 models without one, a top-level ``score`` / ``classifier`` linear head.
+
+``modules_to_save`` (PEFT's name and semantics) are whole modules that are trained and saved with
+the adapter, such as the randomly initialised head of a classification model. loradyn trains them
+in place (their parameters get ``requires_grad=True``; no copy of the original is kept, so
+:func:`lora_disabled` leaves them as trained) and :func:`loradyn.save_adapter` writes them the way
+``peft.PeftModel.from_pretrained`` loads them. LoRA targets inside them are skipped, as in PEFT.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import warnings
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,12 +32,14 @@ from .specs import LoraSpec
 __all__ = [
     "ALL_LINEAR",
     "apply_lora",
+    "find_modules_to_save",
     "find_targets",
     "lora_disabled",
     "lora_layers",
     "lora_state_dict",
     "matches_target",
     "merge",
+    "modules_to_save_names",
     "unmerge",
 ]
 
@@ -65,11 +75,58 @@ def _parent(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name.rpartition(".")[0])
 
 
-def find_targets(model: nn.Module, target_modules: tuple[str, ...]) -> list[str]:
+def _inside(name: str, roots: Sequence[str]) -> bool:
+    return any(name == r or name.startswith(f"{r}.") for r in roots)
+
+
+def is_classification_model(model: nn.Module) -> bool:
+    """A ``*ForSequenceClassification`` / ``*ForTokenClassification``, or a config with ``num_labels`` and a head."""
+    cls = type(model).__name__
+    if cls.endswith(("ForSequenceClassification", "ForTokenClassification")):
+        return True
+    config = getattr(model, "config", None)
+    return getattr(config, "num_labels", None) is not None and any(
+        isinstance(getattr(model, n, None), nn.Module) for n in SEQ_CLS_HEAD_NAMES
+    )
+
+
+def find_modules_to_save(model: nn.Module, modules_to_save: Sequence[str] | None) -> list[str]:
+    """Qualified names of the modules that ``modules_to_save`` selects (outermost matches, module order).
+
+    ``None`` is the default: the ``classifier`` / ``score`` head of a classification model (PEFT's
+    ``task_type="SEQ_CLS"`` rule), else nothing. Names match as ``target_modules`` do. Raises
+    :class:`LoradynError` for a given name that matches no module.
+    """
+    default = modules_to_save is None
+    wanted = tuple(SEQ_CLS_HEAD_NAMES if default and is_classification_model(model) else modules_to_save or ())
+    found: list[str] = []
+    hit: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or _inside(name, found) or getattr(module, "_loradyn_layer", False):
+            continue
+        matched = [t for t in wanted if matches_target(name, (t,))]
+        if matched:
+            found.append(name)
+            hit.update(matched)
+    missing = [t for t in wanted if t not in hit]
+    if missing and not default:
+        raise LoradynError(
+            f"modules_to_save {missing} matched no module: name modules of the model (e.g. 'classifier') or drop them"
+        )
+    inside_lora = [n for n in found if "." in n and getattr(_parent(model, n), "_loradyn_layer", False)]
+    if inside_lora:
+        raise LoradynError(f"modules_to_save {inside_lora[:3]} lie inside LoRA layers: name whole modules")
+    return found
+
+
+def find_targets(
+    model: nn.Module, target_modules: tuple[str, ...], *, exclude: Sequence[str] = ()
+) -> list[str]:
     """Qualified names of the modules ``target_modules`` selects, in module order.
 
-    ``"all-linear"`` may be combined with plain names. Raises :class:`LoradynError` when nothing
-    matches or when a named target is not an ``nn.Linear`` / ``Conv1D`` / ``nn.Embedding``.
+    ``"all-linear"`` may be combined with plain names. Modules equal to or inside ``exclude``
+    (the ``modules_to_save``) are skipped, as PEFT skips them. Raises :class:`LoradynError` when
+    nothing matches or when a named target is not an ``nn.Linear`` / ``Conv1D`` / ``nn.Embedding``.
     """
     targets = tuple(target_modules)
     names = [t for t in targets if t.lower() != ALL_LINEAR]
@@ -77,7 +134,7 @@ def find_targets(model: nn.Module, target_modules: tuple[str, ...]) -> list[str]
     excluded = _output_layer_names(model) if all_linear else set()
     selected: list[str] = []
     for name, module in model.named_modules():
-        if not name:
+        if not name or _inside(name, exclude):
             continue
         if names and matches_target(name, names):
             if not (_is_linear(module) or isinstance(module, nn.Embedding)):
@@ -97,11 +154,35 @@ def find_targets(model: nn.Module, target_modules: tuple[str, ...]) -> list[str]
             if n and (_is_linear(m) or isinstance(m, nn.Embedding))
         })
         shown = ", ".join(leaves[:12]) + (", ..." if len(leaves) > 12 else "")
+        saved = f" outside modules_to_save {list(exclude)}" if exclude else ""
         raise LoradynError(
-            f"target_modules {list(targets)} matched no module; linear/embedding layers here are named: "
+            f"target_modules {list(targets)} matched no module{saved}; linear/embedding layers here are named: "
             f"{shown or '(none)'} (or use 'all-linear')"
         )
     return selected
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of a target layer: nn.Linear, Conv1D (weight stored (in, out)) or nn.Embedding."""
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if is_conv1d(module):
+        return tuple(module.weight.shape)
+    return module.in_features, module.out_features
+
+
+def _warn_rank_too_large(model: nn.Module, names: list[str], rank: int) -> None:
+    over = [(n, min(_features(model.get_submodule(n)))) for n in names]
+    over = [(n, cap) for n, cap in over if rank > cap]
+    if over:
+        name, cap = over[0]
+        more = f" (and {len(over) - 1} more layers)" if len(over) > 1 else ""
+        warnings.warn(
+            f"rank {rank} exceeds min(in_features, out_features) = {cap} of {name!r}{more}: "
+            f"the update B @ A has rank at most {cap} there; lower the rank",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_not_inside_mha(model: nn.Module, name: str) -> None:
@@ -121,27 +202,38 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 
 def apply_lora(
-    model: nn.Module, spec: LoraSpec, *, generator: torch.Generator | int | None = None
+    model: nn.Module,
+    spec: LoraSpec,
+    *,
+    generator: torch.Generator | int | None = None,
+    modules_to_save: Sequence[str] | None = None,
 ) -> nn.Module:
     """Replace the targeted layers of ``model`` by loradyn LoRA layers, in place, and freeze the base.
 
-    Every parameter that is not a LoRA factor gets ``requires_grad = False``. Each adapter is
+    Every parameter that is neither a LoRA factor nor in a ``modules_to_save`` module gets
+    ``requires_grad = False``; ``modules_to_save`` modules are trained in full (and saved by
+    :func:`loradyn.save_adapter`), as in PEFT. Each adapter is
     initialised per ``spec`` (``init``, ``distribution``, ``std_a``, ``std_b``), drawing from
     ``generator`` in module order, so ``apply_lora(m, spec, generator=g)`` equals a later
     ``init_lora_(m, spec.init, generator=g, force=True)`` with the same seed. The spec is stored
-    as ``model._loradyn_spec`` for :func:`loradyn.save_adapter`.
+    as ``model._loradyn_spec`` and the resolved ``modules_to_save`` paths as
+    ``model._loradyn_modules_to_save`` for :func:`loradyn.save_adapter`. A ``UserWarning`` says when ``spec.rank`` exceeds
+    ``min(in_features, out_features)`` of a target (the extra rank adds nothing there).
 
     Args:
         model: any ``nn.Module`` (plain torch or transformers).
         spec: the adapter to add; ``target_modules`` are matched as PEFT matches a list.
         generator: ``torch.Generator`` or int seed; ``None`` uses torch's default generator.
+        modules_to_save: overrides ``spec.modules_to_save`` when given (``()`` for none). By
+            default a classification model's ``classifier`` / ``score`` head is trained and saved.
 
     Returns:
         ``model`` itself.
 
     Raises:
-        LoradynError: the model already holds LoRA layers, a target matches nothing, or a
-            target is not an ``nn.Linear`` / ``Conv1D`` / ``nn.Embedding``.
+        LoradynError: the model already holds LoRA layers, a target or a given
+            ``modules_to_save`` name matches nothing, or a target is not an ``nn.Linear`` /
+            ``Conv1D`` / ``nn.Embedding``.
 
     Example:
         >>> import torch, loradyn
@@ -156,9 +248,13 @@ def apply_lora(
         raise LoradynError(
             "model already has LoRA layers: apply_lora once per model (use init_lora_ to re-initialise)"
         )
-    names = find_targets(model, spec.target_modules)
+    if modules_to_save is not None:
+        modules_to_save = (modules_to_save,) if isinstance(modules_to_save, str) else tuple(modules_to_save)
+    saved = find_modules_to_save(model, spec.modules_to_save if modules_to_save is None else modules_to_save)
+    names = find_targets(model, spec.target_modules, exclude=saved)
     for name in names:
         _check_not_inside_mha(model, name)
+    _warn_rank_too_large(model, names, spec.rank)
     gen = make_generator(generator)
     common = dict(
         rank=spec.rank, alpha=spec.alpha, rslora=spec.rslora, init=spec.init,
@@ -171,11 +267,20 @@ def apply_lora(
         else:
             new = LoRALinear(old, dropout=spec.dropout, **common)
         _replace(model, old, new)
-    lora_params = {id(p) for layer in lora_layers(model) for p in _factors(layer)}
+    trained = {id(p) for layer in lora_layers(model) for p in _factors(layer)}
+    trained |= {id(p) for name in saved for p in model.get_submodule(name).parameters()}
     for p in model.parameters():
-        p.requires_grad_(id(p) in lora_params)
+        p.requires_grad_(id(p) in trained)
+    if modules_to_save is not None:
+        spec = dataclasses.replace(spec, modules_to_save=modules_to_save)
     model._loradyn_spec = spec
+    model._loradyn_modules_to_save = tuple(saved)
     return model
+
+
+def modules_to_save_names(model: nn.Module) -> tuple[str, ...]:
+    """Qualified names of the ``modules_to_save`` that :func:`apply_lora` (or ``load_adapter``) set up."""
+    return tuple(getattr(model, "_loradyn_modules_to_save", ()))
 
 
 def _factors(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
