@@ -523,6 +523,16 @@ def test_model_without_lora_is_rejected():
             pass
 
 
+def test_model_without_lora_is_rejected_at_construction():
+    """Before: the constructor accepted it, and probe.step() without attach recorded nothing, silently."""
+    for model in (nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 3), nn.ReLU())):
+        with pytest.raises(LoradynError) as err:
+            FeatureNormProbe(model)
+        msg = str(err.value)
+        assert "\n" not in msg and "no LoRA layers" in msg
+        assert "peft.get_peft_model" in msg and "loradyn.apply_lora" in msg
+
+
 def test_stat_not_recorded_is_rejected_by_report():
     model = _tiny_bert_peft(two_adapters=False)
     with FeatureNormProbe(model, stats="l2") as probe:

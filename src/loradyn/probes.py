@@ -77,6 +77,11 @@ FEATURES = ("z_a", "z_b", "lora_out")
 STATS = ("rms", "l2", "l1", "max")
 COLUMNS = ["step", "module", "feature", "stat", "value"]
 
+_NO_LORA = (
+    "no LoRA layers found in model: add adapters first (loradyn.apply_lora(model, spec) or "
+    "peft.get_peft_model(model, config)), then build the FeatureNormProbe"
+)
+
 # The stats come from three per-vector norms; "rms" reuses the l2 norm.
 _BASE_OF = {"rms": "l2", "l2": "l2", "l1": "l1", "max": "max"}
 
@@ -124,6 +129,8 @@ class FeatureNormProbe:
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise LoradynError(f"every must be an integer >= 1, got {every!r}")
+        if not isinstance(model, nn.Module) or next(iter_lora_layers(model), None) is None:
+            raise LoradynError(_NO_LORA)
         self.model = model
         self.every = every
         self.stats = _check_stats(stats)
@@ -148,10 +155,8 @@ class FeatureNormProbe:
         if self._hooks:
             raise LoradynError("probe is already attached; use it in one `with` block at a time")
         handles = list(iter_lora_layers(self.model))
-        if not handles:
-            raise LoradynError(
-                "no LoRA layers found in model; add adapters first (loradyn.apply_lora or peft.get_peft_model)"
-            )
+        if not handles:  # adapters removed after the probe was built
+            raise LoradynError(_NO_LORA)
         # conv adapters (4-D lora_A) have no per-token vectors along the last dim: not probed
         self._sites = [_Site(h) for h in handles if h.lora_A.dim() == 2]
         for site in self._sites:
