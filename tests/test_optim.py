@@ -418,6 +418,39 @@ def test_peft_keyword_names_point_to_ours():
         create_loraplus_optimizer(nn.Linear(2, 2), lr=LR, loraplus_lr_ratio=16)
 
 
+NAMED = [("adamw_torch", torch.optim.AdamW, None), ("adamw_torch_fused", torch.optim.AdamW, True),
+         ("adamw", torch.optim.AdamW, None), ("AdamW", torch.optim.AdamW, None), ("adam", torch.optim.Adam, None),
+         ("sgd", torch.optim.SGD, None), ("adagrad", torch.optim.Adagrad, None),
+         ("rmsprop", torch.optim.RMSprop, None), ("nadam", torch.optim.NAdam, None)]
+
+
+@pytest.mark.parametrize(("name", "cls", "fused"), NAMED, ids=[n for n, _, _ in NAMED])
+def test_optimizer_names_from_training_arguments(name, cls, fused):
+    """Before: a string optimizer_cls was called like a class (TypeError)."""
+    model = nn.Linear(4, 3)
+    opt = create_loraplus_optimizer(model, name, lr=LR, lr_ratio=4.0)
+    assert type(opt) is cls and [g["name"] for g in opt.param_groups] == ["A", "B_no_decay"]  # weight, bias
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([LR, 4 * LR])
+    assert opt.defaults.get("fused") is fused
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()  # the fused AdamW kernel runs on CPU too
+    same = create_loraplus_optimizer(nn.Linear(4, 3), cls, lr=LR, lr_ratio=4.0, **({"fused": True} if fused else {}))
+    assert type(same) is cls and same.defaults.get("fused") is fused
+
+
+def test_unknown_optimizer_name_lists_the_accepted_names():
+    for bad in ("adamw_8bit", "lion", 3):
+        with pytest.raises(LoradynError) as err:
+            create_loraplus_optimizer(nn.Linear(2, 2), bad, lr=LR)
+        msg = str(err.value)
+        assert "\n" not in msg and "adamw_torch, adamw_torch_fused, adamw, adam, sgd, adagrad, rmsprop" in msg
+
+
+def test_missing_lr_is_one_line():
+    with pytest.raises(LoradynError, match="needs lr="):
+        create_loraplus_optimizer(nn.Linear(2, 2), "adamw")
+
+
 def test_weight_decay_with_optimizer_without_decay_is_refused():
     with pytest.raises(LoradynError, match="no weight decay"):
         create_loraplus_optimizer(nn.Linear(2, 2), torch.optim.Rprop, lr=LR, weight_decay=0.1)

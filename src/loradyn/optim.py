@@ -30,12 +30,33 @@ from torch import nn
 from loradyn.discover import iter_lora_layers
 from loradyn.errors import LoradynError
 
-__all__ = ["create_loraplus_optimizer", "describe_param_groups", "loraplus_param_groups"]
+__all__ = [
+    "OPTIMIZER_NAMES",
+    "create_loraplus_optimizer",
+    "describe_param_groups",
+    "loraplus_param_groups",
+    "resolve_optimizer",
+]
 
 PEFT_LR_EMBEDDING = 1e-6  # peft's `loraplus_lr_embedding` default
 # PEFT's order: groupA, embedding, groupB, groupB_no_decay
 GROUP_ORDER = ("A", "embedding", "B", "B_no_decay")
 _EIGHT_BIT = ("Adam8bit", "AdamW8bit", "PagedAdam8bit", "PagedAdamW8bit")
+#: optimizer names accepted for ``optimizer_cls``: transformers' ``TrainingArguments.optim`` names of
+#: the plain torch optimizers, and the lower-case torch class names -> (class name, fixed kwargs)
+OPTIMIZER_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "adamw_torch": ("AdamW", {}),
+    "adamw_torch_fused": ("AdamW", {"fused": True}),
+    "adamw": ("AdamW", {}),
+    "adam": ("Adam", {}),
+    "sgd": ("SGD", {}),
+    "adagrad": ("Adagrad", {}),
+    "rmsprop": ("RMSprop", {}),
+    "adamax": ("Adamax", {}),
+    "nadam": ("NAdam", {}),
+    "radam": ("RAdam", {}),
+    "adadelta": ("Adadelta", {}),
+}
 _PEFT_KWARGS = {
     "loraplus_lr_ratio": "lr_ratio",
     "loraplus_weight_decay": "weight_decay",
@@ -135,11 +156,36 @@ def loraplus_param_groups(
     return groups
 
 
+def resolve_optimizer(
+    optimizer_cls: type[torch.optim.Optimizer] | str,
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """(class, fixed kwargs) for an optimizer class or a name from :data:`OPTIMIZER_NAMES`.
+
+    ``"adamw_torch_fused"`` gives ``AdamW`` with ``fused=True``, as transformers does.
+    """
+    if isinstance(optimizer_cls, str):
+        key = optimizer_cls.strip().lower()
+        if key not in OPTIMIZER_NAMES:
+            raise LoradynError(
+                f"unknown optimizer {optimizer_cls!r}: use an Optimizer class or one of {', '.join(OPTIMIZER_NAMES)}"
+            )
+        name, fixed = OPTIMIZER_NAMES[key]
+        return getattr(torch.optim, name), dict(fixed)
+    if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer):
+        return optimizer_cls, {}
+    if callable(optimizer_cls) and not isinstance(optimizer_cls, torch.optim.Optimizer):
+        return optimizer_cls, {}  # a factory taking (param_groups, lr=..., **kwargs), e.g. bitsandbytes
+    raise LoradynError(
+        f"optimizer_cls must be an Optimizer class or one of {', '.join(OPTIMIZER_NAMES)}, "
+        f"got {type(optimizer_cls).__name__}"
+    )
+
+
 def create_loraplus_optimizer(
     model: nn.Module,
-    optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    optimizer_cls: type[torch.optim.Optimizer] | str = torch.optim.AdamW,
     *,
-    lr: float,
+    lr: float | None = None,
     lr_ratio: float = 16.0,
     weight_decay: float = 0.0,
     lr_embedding: float | None = None,
@@ -154,8 +200,12 @@ def create_loraplus_optimizer(
 
     Args:
         model: the model to optimize.
-        optimizer_cls: any ``torch.optim.Optimizer`` class taking param groups.
-        lr: ``lr_a``.
+        optimizer_cls: any ``torch.optim.Optimizer`` class taking param groups, or a name as
+            ``TrainingArguments.optim`` spells the plain torch optimizers (``"adamw_torch"``,
+            ``"adamw_torch_fused"`` (``fused=True``), ``"sgd"``, ``"adagrad"``, ``"rmsprop"``) or
+            as torch does, in lower case (``"adamw"``, ``"adam"``, ``"nadam"``...; see
+            :data:`OPTIMIZER_NAMES`).
+        lr: ``lr_a`` (required).
         lr_ratio: ``lr_b / lr_a``.
         weight_decay: decay of the decay groups (0 for ``B_no_decay``).
         lr_embedding: learning rate of LoRA embedding adapters; None means PEFT's 1e-6.
@@ -165,21 +215,25 @@ def create_loraplus_optimizer(
         The optimizer; ``describe_param_groups(optimizer)`` shows what it holds.
 
     Raises:
-        LoradynError: PEFT-style ``loraplus_*`` keywords, ``weight_decay > 0`` with an optimizer
-            that has no weight decay, or anything :func:`loraplus_param_groups` rejects.
+        LoradynError: an unknown optimizer name, no ``lr``, PEFT-style ``loraplus_*`` keywords,
+            ``weight_decay > 0`` with an optimizer that has no weight decay, or anything
+            :func:`loraplus_param_groups` rejects.
     """
     for peft_name, ours in _PEFT_KWARGS.items():
         if peft_name in optimizer_kwargs:
             raise LoradynError(f"unknown keyword {peft_name}=: loradyn calls it {ours}=")
+    optimizer_cls, fixed = resolve_optimizer(optimizer_cls)
+    optimizer_kwargs = {**fixed, **optimizer_kwargs}
+    if lr is None:
+        raise LoradynError("create_loraplus_optimizer needs lr= (the learning rate of lora_A), e.g. lr=1e-4")
     groups = loraplus_param_groups(
         model, lr=lr, lr_ratio=lr_ratio, weight_decay=weight_decay, lr_embedding=lr_embedding
     )
     optimizer = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+    cls_name = type(optimizer).__name__
     if weight_decay > 0 and "weight_decay" not in optimizer.defaults:
-        raise LoradynError(
-            f"{optimizer_cls.__name__} has no weight decay: use weight_decay=0 or an optimizer that has it"
-        )
-    if optimizer_cls.__name__ in _EIGHT_BIT:
+        raise LoradynError(f"{cls_name} has no weight decay: use weight_decay=0 or an optimizer that has it")
+    if cls_name in _EIGHT_BIT:
         import bitsandbytes  # noqa: PLC0415  (optional; only reachable with a bnb optimizer class)
 
         manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
