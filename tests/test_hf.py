@@ -141,3 +141,88 @@ def test_two_process_ddp_gloo_via_accelerate_ends_with_identical_adapters(tmp_pa
     assert info[0]["world_size"] == info[1]["world_size"] == 2
     assert info[0]["lrs"] == pytest.approx([1e-2, 8e-2])
     assert "loradyn/z_a_rms" in info[0]["log_keys"] and info[0]["probe_rows"] > 0
+
+
+# --- adapter-only checkpoints for apply_lora models, and resuming from them --------------------------
+def _bert_base():
+    """Tiny BertForSequenceClassification, the same weights every call."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(cfg)
+
+
+def _loradyn_bert(adapter_seed: int = 0):
+    """:func:`_bert_base` with loradyn LoRA (Init[B]) and a head, both drawn from ``adapter_seed``."""
+    model = _bert_base()
+    torch.nn.init.normal_(model.classifier.weight, generator=torch.Generator().manual_seed(adapter_seed))
+    spec = loradyn.LoraSpec(rank=2, alpha=4.0, init="B", target_modules=("query", "value"))
+    return loradyn.apply_lora(model, spec, generator=adapter_seed)
+
+
+def _trained(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _adam_steps(optimizer) -> list[int]:
+    return sorted(int(state["step"]) for state in optimizer.state.values())
+
+
+def _checkpoint_args(tmp_path, **kw):
+    return _args(tmp_path, save_strategy="steps", save_steps=2, weight_decay=0.0, seed=7, **kw)
+
+
+def test_loradyn_trainer_saves_adapter_only_checkpoints_and_resumes_them(tmp_path):
+    """Before: checkpoints held the full state dict (base_layer keys) and no adapter files."""
+    from peft import PeftModel
+
+    from loradyn.hf import LoradynTrainer
+
+    model = _loradyn_bert()
+    full = LoradynTrainer(model=model, args=_checkpoint_args(tmp_path / "full"), train_dataset=_dataset(), lr_ratio=4.0)
+    full.train()
+    want = _trained(model)
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    files = {p.name for p in ckpt.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json"} <= files
+    assert not files & {"model.safetensors", "pytorch_model.bin", "config.json"}
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier"] and config["task_type"] == "SEQ_CLS"
+
+    # stock PEFT and loradyn read the checkpoint alike
+    ids = torch.randint(1, 64, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        via_peft = PeftModel.from_pretrained(_bert_base(), str(ckpt)).eval()(input_ids=ids).logits
+        via_loradyn = loradyn.load_adapter(_loradyn_bert(adapter_seed=4), ckpt).eval()(input_ids=ids).logits
+    torch.testing.assert_close(via_peft, via_loradyn, rtol=0, atol=1e-6)
+
+    # resume on a model with other adapters and another head: the checkpoint's win, and Adam's state too
+    other = _loradyn_bert(adapter_seed=5)
+    assert not torch.equal(other.classifier.weight, model.classifier.weight)
+    resumed = LoradynTrainer(model=other, args=_checkpoint_args(tmp_path / "resumed"), train_dataset=_dataset(),
+                             lr_ratio=4.0)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.state.global_step == 4
+    got = _trained(other)
+    assert got.keys() == want.keys() and any("classifier" in k for k in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
+    assert _adam_steps(resumed.optimizer) == _adam_steps(full.optimizer) == [4] * len(want)  # resumed at 2
+
+
+def test_setup_gives_an_existing_trainer_adapter_checkpoints(tmp_path):
+    from transformers import Trainer
+
+    import loradyn.hf
+
+    model = _loradyn_bert()
+    trainer = Trainer(model=model, args=_checkpoint_args(tmp_path, max_steps=2), train_dataset=_dataset())
+    loradyn.hf.setup(trainer, init=None, lr_ratio=4.0, probes=False)
+    trainer.train()
+    files = {p.name for p in (tmp_path / "checkpoint-2").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "adapter_config.json").is_file()
+    assert not (tmp_path / "final" / "model.safetensors").exists()

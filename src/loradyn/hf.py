@@ -19,24 +19,38 @@
   TensorBoard / W&B / ``trainer.state.log_history`` get them. :func:`enable_probes` puts it first
   among the callbacks so the reporting integrations see the keys. Forward passes of evaluations
   that run inside training are recorded with the current step.
+* **Checkpoints** of a model prepared with :func:`loradyn.apply_lora` are adapter-only, as PEFT
+  models get: ``adapter_config.json`` + ``adapter_model.safetensors`` (:func:`loradyn.save_adapter`,
+  ``modules_to_save`` included) next to Trainer's optimizer/scheduler/state files, so
+  ``PeftModel.from_pretrained(base, checkpoint)`` loads them, and
+  ``trainer.train(resume_from_checkpoint=...)`` restores the adapter (:func:`loradyn.load_adapter`)
+  and the optimizer state. :class:`AdapterCheckpointMixin` / :class:`LoradynTrainer`, or
+  :func:`enable_adapter_checkpoints` (part of :func:`setup`) on an existing Trainer. Under FSDP or
+  DeepSpeed the stock full checkpoint is kept (the parameters are sharded there).
 """
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
 
+from .adapter_io import WEIGHTS_NAME, load_adapter, save_adapter
 from .errors import LoradynError
 from .init import init_lora_
+from .inject import lora_layers
 from .optim import loraplus_param_groups
 from .probes import FeatureNormProbe
 
 __all__ = [
+    "AdapterCheckpointMixin",
     "FeatureNormCallback",
     "LoraPlusTrainerMixin",
     "LoradynTrainer",
+    "enable_adapter_checkpoints",
     "enable_loraplus",
     "enable_probes",
     "loraplus_create_optimizer",
@@ -84,8 +98,89 @@ class LoraPlusTrainerMixin:
         )
 
 
-class LoradynTrainer(LoraPlusTrainerMixin, Trainer):
-    """``Trainer`` with LoRA+ (``lr_ratio=``) and, optionally, feature-norm probes (``probe_every=``)."""
+def _loradyn_model(trainer: Trainer, model=None):
+    """The trainer's model when it holds loradyn layers and is not sharded (FSDP/DeepSpeed), else None."""
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    model = trainer.model if model is None else model
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    return model if next(lora_layers(model), None) is not None else None
+
+
+def save_adapter_checkpoint(trainer: Trainer, output_dir: str | None = None) -> bool:
+    """What :meth:`AdapterCheckpointMixin._save` does; False when the stock save should run."""
+    model = _loradyn_model(trainer)
+    if model is None:
+        return False
+    if not trainer.args.should_save:
+        return True
+    output_dir = output_dir if output_dir is not None else trainer.args.output_dir
+    save_adapter(model, output_dir)
+    tokenizer = trainer.processing_class
+    if tokenizer is None:
+        tokenizer = getattr(trainer.data_collator, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    torch.save(trainer.args, os.path.join(output_dir, "training_args.bin"))  # as Trainer._save does
+    return True
+
+
+def load_adapter_checkpoint(trainer: Trainer, checkpoint: str | None, model=None) -> bool:
+    """Load an adapter-only checkpoint into a loradyn model; False when the stock load should run."""
+    target = _loradyn_model(trainer, model)
+    if target is None or checkpoint is None or not os.path.isfile(os.path.join(checkpoint, WEIGHTS_NAME)):
+        return False
+    load_adapter(target, checkpoint)
+    return True
+
+
+class AdapterCheckpointMixin:
+    """Mix into a ``Trainer`` subclass: adapter-only checkpoints for :func:`loradyn.apply_lora` models.
+
+    Saving writes :func:`loradyn.save_adapter`'s files instead of the full state dict; resuming
+    and ``load_best_model_at_end`` read them with :func:`loradyn.load_adapter`. Models without
+    loradyn layers (PEFT models included) and FSDP/DeepSpeed runs take the stock paths.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not save_adapter_checkpoint(self, output_dir):
+            super()._save(output_dir, state_dict=state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not load_adapter_checkpoint(self, resume_from_checkpoint, model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not load_adapter_checkpoint(self, self.state.best_model_checkpoint):
+            super()._load_best_model()
+
+
+def enable_adapter_checkpoints(trainer: Trainer) -> Trainer:
+    """Give an existing Trainer :class:`AdapterCheckpointMixin`'s save and resume (patches 3 methods)."""
+    save, load, best = trainer._save, trainer._load_from_checkpoint, trainer._load_best_model
+
+    def _save(self, output_dir=None, state_dict=None):
+        if not save_adapter_checkpoint(self, output_dir):
+            save(output_dir, state_dict=state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not load_adapter_checkpoint(self, resume_from_checkpoint, model):
+            load(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not load_adapter_checkpoint(self, self.state.best_model_checkpoint):
+            best()
+
+    for fn in (_save, _load_from_checkpoint, _load_best_model):
+        setattr(trainer, fn.__name__, types.MethodType(fn, trainer))
+    return trainer
+
+
+class LoradynTrainer(LoraPlusTrainerMixin, AdapterCheckpointMixin, Trainer):
+    """``Trainer`` with LoRA+ (``lr_ratio=``), adapter-only checkpoints for :func:`loradyn.apply_lora`
+    models, and, optionally, feature-norm probes (``probe_every=``)."""
 
     def __init__(self, *args: Any, lr_ratio: float = 16.0, lr_embedding: float | None = None,
                  probe_every: int = 0, **kwargs: Any) -> None:
@@ -179,8 +274,8 @@ def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2")) -> F
 
 
 def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 16.0, probes: bool | int = True,
-          seed: int = 0, **init_kwargs: Any) -> FeatureNormCallback | None:
-    """Init[A]/Init[B], LoRA+ and probes on an existing Trainer, in one call.
+          seed: int = 0, adapter_checkpoints: bool = True, **init_kwargs: Any) -> FeatureNormCallback | None:
+    """Init[A]/Init[B], LoRA+, probes and adapter-only checkpoints on an existing Trainer, in one call.
 
     Args:
         trainer: a Trainer whose model holds LoRA layers (PEFT or loradyn).
@@ -190,6 +285,8 @@ def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 
         lr_ratio: LoRA+ ``lr_b / lr_a``; ``None`` leaves the optimizer alone.
         probes: ``True`` (every step), an int (every that many steps) or ``False``.
         seed: the init seed.
+        adapter_checkpoints: for :func:`loradyn.apply_lora` models, save and resume adapter-only
+            checkpoints (:func:`enable_adapter_checkpoints`); PEFT models are unaffected.
         **init_kwargs: ``std_a``, ``std_b``, ``distribution`` for ``init_lora_``.
 
     Returns:
@@ -199,6 +296,8 @@ def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 
         init_lora_(trainer.model, init, generator=seed, **init_kwargs)
     if lr_ratio is not None:
         enable_loraplus(trainer, lr_ratio=lr_ratio)
+    if adapter_checkpoints:
+        enable_adapter_checkpoints(trainer)
     if probes:
         return enable_probes(trainer, every=1 if probes is True else int(probes))
     return None
