@@ -34,6 +34,7 @@ __all__ = [
     "apply_lora",
     "find_modules_to_save",
     "find_targets",
+    "is_classification_model",
     "lora_disabled",
     "lora_layers",
     "lora_state_dict",
