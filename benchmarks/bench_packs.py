@@ -39,7 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def _configs(kind: str, model: str, k: int, batch: int, bf16: bool):
     from loradyn.serialize import spec_from_dict
-    from loradyn.sweep.protocol import get_task
+    from loradyn.tasks.registry import get_task
 
     task = get_task(kind)
     lrs = [2.0 ** -(10 + i % 4) for i in range(k)]

@@ -7,7 +7,7 @@ The engine (``loradyn.synthetic.train_lora_chunk``) is timed at several pack siz
 Throughput is configurations × steps per second of process CPU time (the machine is shared, so
 CPU time is less noisy than wall time; wall time is reported too). "Useful" GFLOP/s counts only
 the LoRA path, forward and backward: N·n·(10r + 4·d_out + 2) flops per configuration-step
-(performance.md §5.1), against the sgemm GFLOP/s measured in the same run.
+(the fraction of sgemm it reaches), against the sgemm GFLOP/s measured in the same run.
 
 Usage: python benchmarks/bench_synthetic.py [--widths 128,1024,4096] [--full-width-lr]
 Writes benchmarks/results/bench_synthetic.json and prints a table. No asserts.

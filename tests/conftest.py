@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+# the tests' shared modules (helpers, sweep_toy) are importable from every test folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

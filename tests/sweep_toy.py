@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from loradyn.specs import LoraSpec, OptimSpec
-from loradyn.sweep.protocol import TrialResult, register_task
 from loradyn.sweep.spec import config_id
+from loradyn.tasks import TaskKind, TrialResult, register_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -88,42 +88,42 @@ def train_one(cfg: ToySpec) -> TrialResult:
     return TrialResult("done", {"final_loss": value, "steps_run": float(t.steps)}, curves, probes)
 
 
-class ToyTask:
-    kind = "toy"
-    spec_cls = ToySpec
-
-    def pack_key(self, config: ToySpec):
-        return (config.task.width, config.task.steps)
-
-    def max_pack_size(self, config: ToySpec) -> int:
-        return config.task.pack_size
-
-    def run_pack(self, configs):
-        crash = configs[0].task.crash_pack_lr_above
-        if crash is not None and any(c.optim.lr_a > crash for c in configs):
-            raise RuntimeError("toy pack crashed\nsecond line that must not reach the store")
-        exit_above = configs[0].task.exit_lr_above
-        if exit_above is not None and any(c.optim.lr_a > exit_above for c in configs):
-            os._exit(3)
-        log = os.environ.get("LORADYN_TOY_LOG")
-        out = []
-        for cfg in configs:
-            if log:
-                with open(log, "a") as fh:
-                    fh.write(f"{config_id(cfg)} {os.getpid()}\n")
-            start = time.perf_counter()
-            if cfg.task.sleep:
-                time.sleep(cfg.task.sleep)
-            try:
-                res = train_one(cfg)
-            except Exception as err:
-                res = TrialResult("failed", error=f"{type(err).__name__}: {err}")
-            res.seconds = time.perf_counter() - start
-            out.append(res)
-        return out
+def pack_key(config: ToySpec):
+    return (config.task.width, config.task.steps)
 
 
-register_task("toy", ToyTask)
+def max_pack_size(config: ToySpec) -> int:
+    return config.task.pack_size
+
+
+def run_pack(configs):
+    crash = configs[0].task.crash_pack_lr_above
+    if crash is not None and any(c.optim.lr_a > crash for c in configs):
+        raise RuntimeError("toy pack crashed\nsecond line that must not reach the store")
+    exit_above = configs[0].task.exit_lr_above
+    if exit_above is not None and any(c.optim.lr_a > exit_above for c in configs):
+        os._exit(3)
+    log = os.environ.get("LORADYN_TOY_LOG")
+    out = []
+    for cfg in configs:
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{config_id(cfg)} {os.getpid()}\n")
+        start = time.perf_counter()
+        if cfg.task.sleep:
+            time.sleep(cfg.task.sleep)
+        try:
+            res = train_one(cfg)
+        except Exception as err:
+            res = TrialResult("failed", error=f"{type(err).__name__}: {err}")
+        res.seconds = time.perf_counter() - start
+        out.append(res)
+    return out
+
+
+KIND = register_task(TaskKind(kind="toy", spec_cls=ToySpec, run_pack=run_pack, pack_key=pack_key,
+                              max_pack_size=max_pack_size, metrics={"final_loss": "min"},
+                              description="gradient descent on a separable quadratic (tests)"))
 
 
 def toy_sweep(**grid_and_base) -> dict:

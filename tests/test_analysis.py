@@ -1,4 +1,4 @@
-"""Analysis helpers on synthetic tables with known answers."""
+"""The one analysis (loradyn.analysis) on hand-made tables with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loradyn.analysis import best_pair, fit_log2_slope, optimal_lr, parabola_vertex, seed_mean
+from loradyn.analysis import best_pair, fit_log2_slope, optimal_lr, parabola_vertex, seed_stats
 from loradyn.errors import LoradynError
 
 
@@ -19,7 +19,7 @@ def bowl(log2_opt: float, lrs, seeds=(0, 1, 2), curvature=0.3, noise=0.0, **cols
     for lr in lrs:
         for s in seeds:
             loss = 1e-3 * 10 ** (curvature * (math.log2(lr) - log2_opt) ** 2) * (1 + noise * rng.standard_normal())
-            rows.append({"lr_a": lr, "seed": s, "final_train_loss": loss, "diverged": False, **cols})
+            rows.append({"lr_a": lr, "seed": s, "final_train_loss": loss, "status": "done", **cols})
     return pd.DataFrame(rows)
 
 
@@ -42,12 +42,13 @@ def test_edges_are_flagged_and_not_refined():
 def test_diverged_seed_makes_its_lr_ineligible():
     lrs = [2.0**e for e in range(-10, -3)]
     df = bowl(-7.0, lrs)
-    df.loc[(df["lr_a"] == 2.0**-7) & (df["seed"] == 1), "diverged"] = True
+    df.loc[(df["lr_a"] == 2.0**-7) & (df["seed"] == 1), "status"] = "diverged"
     opt = optimal_lr(df, lr="lr_a")
     assert opt["lr_grid_opt"].iloc[0] in (2.0**-8, 2.0**-6)
-    means = seed_mean(df, "lr_a")
+    means = seed_stats(df, "lr_a")
     assert means.loc[means["lr_a"] == 2.0**-7, "mean"].iloc[0] == math.inf
-    assert means["n_diverged"].sum() == 1
+    assert means["n_failed"].sum() == 1
+    assert math.isnan(means.loc[means["lr_a"] == 2.0**-7, "std"].iloc[0])
 
 
 def test_unstable_neighbour_is_flagged():
@@ -63,7 +64,7 @@ def test_optimal_lr_by_groups():
     df = pd.concat([bowl(-5 - 0.5 * k, lrs, width=2**(7 + k), init="A") for k in range(4)]
                    + [bowl(-5 - 1.0 * k, lrs, width=2**(7 + k), init="B") for k in range(4)])
     opt = optimal_lr(df, by=["init", "width"], lr="lr_a")
-    assert len(opt) == 8
+    assert len(opt) == 8 and (opt["edge"] == "").all() and (opt["n_seeds"] == 3).all()
     fits = fit_log2_slope(opt, "width", "lr_opt", by="init")
     slopes = dict(zip(fits["init"], fits["slope"]))
     assert slopes["A"] == pytest.approx(-0.5, abs=1e-9) and slopes["B"] == pytest.approx(-1.0, abs=1e-9)
@@ -90,8 +91,45 @@ def test_best_pair_finds_the_off_diagonal_optimum():
     for ea in range(-10, -3):
         for eb in range(-10, 0):
             loss = 1e-3 * 10 ** (0.2 * ((ea + 8) ** 2 + (eb + 4) ** 2))
-            rows += [{"lr_a": 2.0**ea, "lr_b": 2.0**eb, "seed": s, "final_train_loss": loss, "diverged": False} for s in (0, 1)]
-    best = best_pair(pd.DataFrame(rows))
+            rows += [{"lr_a": 2.0**ea, "lr_b": 2.0**eb, "seed": s, "final_train_loss": loss, "status": "done"}
+                     for s in (0, 1)]
+    best = best_pair(pd.DataFrame(rows), lr_a="lr_a", lr_b="lr_b")
     r = best.iloc[0]
     assert (r.lr_a_opt, r.lr_b_opt, r.ratio_opt) == (2.0**-8, 2.0**-4, 16.0)
     assert r.gain > 1 and r.edge == ""
+
+
+def test_seed_stats_against_a_hand_computation():
+    df = pd.DataFrame({"lr_a": [1.0, 1.0, 1.0, 2.0], "seed": [0, 1, 2, 0], "acc": [0.5, 0.7, 0.9, 0.4],
+                       "status": ["done"] * 4})
+    stats = seed_stats(df, "lr_a", metric="acc", mode="max").set_index("lr_a")
+    assert stats.loc[1.0, "mean"] == pytest.approx(0.7, abs=1e-15)
+    assert stats.loc[1.0, "std"] == pytest.approx(0.2, abs=1e-15)  # ddof 1: sqrt((0.04 + 0 + 0.04) / 2)
+    assert (stats.loc[1.0, "min"], stats.loc[1.0, "max"], stats.loc[1.0, "n_seeds"]) == (0.5, 0.9, 3)
+    assert math.isnan(stats.loc[2.0, "std"])  # one seed has no spread
+
+
+def test_max_mode_failures_are_worst_and_ties_use_the_tiebreak():
+    rows = []
+    for lr, accs, losses, statuses in [
+        (1e-4, (0.6, 0.6), (0.9, 0.9), ("done", "done")),
+        (1e-3, (0.8, 0.8), (0.5, 0.7), ("done", "done")),
+        (1e-2, (0.8, 0.8), (0.4, 0.6), ("done", "done")),
+        (1e-1, (0.95, 0.9), (0.3, 0.3), ("done", "failed")),
+    ]:
+        for seed, (acc, loss, status) in enumerate(zip(accs, losses, statuses)):
+            rows.append({"optim.lr_a": lr, "seed": seed, "acc": acc, "loss": loss, "status": status})
+    df = pd.DataFrame(rows)
+    plain = optimal_lr(df, metric="acc", mode="max", refine=False).iloc[0]
+    assert plain["lr_grid_opt"] == 1e-3 and plain["metric_opt"] == pytest.approx(0.8)  # first of the tie
+    tied = optimal_lr(df, metric="acc", mode="max", refine=False, tiebreak="loss").iloc[0]
+    assert tied["lr_grid_opt"] == 1e-2 and tied["edge"] == "unstable"  # its neighbour failed
+    assert tied["metric_opt_std"] == pytest.approx(0.0)
+    everything_failed = df.assign(status="failed")
+    none = optimal_lr(everything_failed, metric="acc", mode="max").iloc[0]
+    assert none["edge"] == "none" and math.isnan(none["lr_opt"]) and none["metric_opt"] == -math.inf
+
+
+def test_bad_mode_is_one_line():
+    with pytest.raises(LoradynError, match="mode must be 'min' or 'max'"):
+        optimal_lr(bowl(-7, [0.01, 0.02]), lr="lr_a", mode="best")

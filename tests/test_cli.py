@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 
 import pandas as pd
 import pytest
@@ -115,7 +114,7 @@ def test_suggest_lr(capsys):
 
 @pytest.fixture
 def fake_repro(monkeypatch, tmp_path):
-    """A stand-in for loradyn.repro: runs the toy sweep and returns verdicts."""
+    """A stand-in for loradyn.experiments.reproduce: runs the toy sweep and returns verdicts."""
     calls = []
 
     def reproduce(experiment_id, *, out, quick=False, seeds=None, overrides=(), executor="process",
@@ -133,9 +132,9 @@ def fake_repro(monkeypatch, tmp_path):
             json.dump(summary, fh)
         return summary
 
-    module = types.ModuleType("loradyn.repro")
-    module.reproduce = reproduce
-    monkeypatch.setitem(sys.modules, "loradyn.repro", module)
+    import loradyn.experiments
+
+    monkeypatch.setattr(loradyn.experiments, "reproduce", reproduce)
     return calls
 
 

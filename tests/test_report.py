@@ -51,7 +51,7 @@ def test_report_for_one_sweep_with_heatmap_and_probes(tmp_path):
     assert html.count("data:image/png;base64,") == 2  # lr_a x lr_b heatmaps, Z_A/Z_B + loss curve
     assert not re.search(r"src=['\"](?!data:)", html) and "<link" not in html
     assert "Best (lr_a, lr_b)" in md and "lr_a x lr_b" in md and "Z_A and Z_B" in md
-    assert "ratio_opt" in md and "loss_diag_opt" in md
+    assert "ratio_opt" in md and "metric_diag_opt" in md
     names = _png_names(md)
     assert len(names) == 2 and all((tmp_path / "report_files" / n).is_file() for n in names)
     assert "diverged" in md  # status counts

@@ -8,7 +8,14 @@ import pytest
 
 import loradyn
 from loradyn.errors import LoradynError
-from loradyn.scaling import ALPHA_RULES, lr_exponents, lr_rules_table, suggest_lr, suggest_lr_ratio
+from loradyn.scaling import (
+    ALPHA_RULES,
+    canonical_alpha_rule,
+    lr_exponents,
+    lr_rules_table,
+    suggest_lr,
+    suggest_lr_ratio,
+)
 
 LR = 3e-4
 REL = 1e-12  # the rules are closed-form powers: only rounding error is allowed
@@ -17,14 +24,14 @@ REL = 1e-12  # the rules are closed-form powers: only rounding error is allowed
 # --- width ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha_rule", sorted(ALPHA_RULES))
 def test_init_a_width_4x_halves_lr(alpha_rule: str) -> None:
-    # Init[A]: lr ∝ n^-1/2 whatever the multiplier (papers.md §2.2)
+    # Init[A]: lr ∝ n^-1/2 whatever the multiplier (docs/theory.md §2)
     assert suggest_lr(LR, width=(256, 1024), init="A", alpha_rule=alpha_rule) == pytest.approx(LR / 2, rel=REL)
     assert suggest_lr(LR, width=(1024, 256), init="A", alpha_rule=alpha_rule) == pytest.approx(LR * 2, rel=REL)
 
 
 @pytest.mark.parametrize("alpha_rule", sorted(ALPHA_RULES))
 def test_init_b_width_4x_quarters_lr(alpha_rule: str) -> None:
-    # Init[B]: lr ∝ n^-1 (papers.md §2.2)
+    # Init[B]: lr ∝ n^-1 (docs/theory.md §2)
     assert suggest_lr(LR, width=(256, 1024), init="B", alpha_rule=alpha_rule) == pytest.approx(LR / 4, rel=REL)
     assert suggest_lr(LR, width=(1024, 256), init="B", alpha_rule=alpha_rule) == pytest.approx(LR * 4, rel=REL)
 
@@ -40,7 +47,7 @@ def test_exact_powers_of_two_are_exact() -> None:
     [("1", 1 / 2), ("rslora", 1 / math.sqrt(2)), ("alpha/r", 1.0)],
 )
 def test_init_a_rank_4x(alpha_rule: str, factor: float) -> None:
-    # μA (papers.md §4.3): lr ∝ r^-(1-γ)/2 with γ = 0, 1/2, 1
+    # μA (docs/theory.md §4): lr ∝ r^-(1-γ)/2 with γ = 0, 1/2, 1
     got = suggest_lr(LR, rank=(8, 32), init="A", alpha_rule=alpha_rule)
     assert got == pytest.approx(LR * factor, rel=REL)
 
@@ -55,8 +62,8 @@ def test_init_b_other_alpha_uses_derived_one_over_alpha_n(alpha_rule: str, facto
     # derived rule lr ~ 1/(α n): α ∝ r^-γ, so 4x rank multiplies lr by 4^γ
     assert suggest_lr(LR, rank=(8, 32), init="B", alpha_rule=alpha_rule) == pytest.approx(LR * factor, rel=REL)
     table = lr_rules_table()
-    row = table[(table.quantity == "lr") & (table.init == "B") & (table.alpha_rule == alpha_rule)]
-    assert not bool(row.published.iloc[0]) and "[D]" in row.source.iloc[0]
+    row = table[(table.quantity == "lr") & (table.init == "B") & (table.alpha_rule == canonical_alpha_rule(alpha_rule))]
+    assert not bool(row.published.iloc[0]) and "derived here" in row.source.iloc[0]
 
 
 @pytest.mark.parametrize("init", ["A", "B"])
@@ -128,10 +135,27 @@ def test_rules_table_is_tidy_and_consistent() -> None:
     assert len(lr_rows) == 6 and not lr_rows.duplicated(["init", "alpha_rule"]).any()
     for row in lr_rows.itertuples():
         assert (row.width_exponent, row.rank_exponent) == lr_exponents(row.init, row.alpha_rule)
-        assert "papers.md §" in row.source
+        assert row.source.startswith("arXiv ") == row.published  # derived rows say so instead
     ratio = table[table.quantity == "lr_ratio"]
     assert set(ratio.init) == {"A", "B"} and (ratio.width_exponent == 1.0).all()
-    assert table.loc[(table.init == "A") & (table.alpha_rule == "rslora"), "rule"].item() == "n^-1/2 · r^-1/4"
+    assert table.loc[(table.init == "A") & (table.alpha_rule == "1/sqrt(r)"), "rule"].item() == "n^-1/2 · r^-1/4"
+    assert set(lr_rows.loc[~lr_rows.published, "alpha_rule"]) == {"1/sqrt(r)", "1/r"}
+    assert set(lr_rows.loc[~lr_rows.published, "init"]) == {"B"}
+
+
+def test_one_vocabulary_of_alpha_rules_with_peft_aliases() -> None:
+    from loradyn.scaling import alpha_value
+    from loradyn.synthetic import SyntheticSpec
+
+    assert [canonical_alpha_rule(r) for r in ("1", 1, "rslora", "1/sqrt(r)", "alpha/r", "1/r")] == [
+        "1", "1", "1/sqrt(r)", "1/sqrt(r)", "1/r", "1/r"]
+    for alias, rule in (("rslora", "1/sqrt(r)"), ("alpha/r", "1/r")):
+        assert suggest_lr(LR, rank=(4, 64), alpha_rule=alias) == suggest_lr(LR, rank=(4, 64), alpha_rule=rule)
+        spec = SyntheticSpec.from_dict({"lora": {"alpha_rule": alias, "rank": 16}})
+        assert spec.lora.alpha_rule == rule and spec.lora.alpha == alpha_value(rule, 16)
+    assert alpha_value("1/sqrt(r)", 16) == 0.25 and alpha_value("1/r", 16) == 1 / 16
+    with pytest.raises(LoradynError, match="unknown alpha_rule 'fixed'"):
+        canonical_alpha_rule("fixed")
 
 
 def test_public_exports() -> None:
@@ -184,9 +208,9 @@ def test_bad_init(init: object) -> None:
         suggest_lr_ratio(16, width=(1, 2), init=init)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("alpha_rule", ["alpha", "sqrt", "", None, 1, "ALPHA/R"])
+@pytest.mark.parametrize("alpha_rule", ["alpha", "sqrt", "", None, 2, "ALPHA/R"])
 def test_bad_alpha_rule(alpha_rule: object) -> None:
-    with pytest.raises(LoradynError, match="unknown alpha_rule .*'alpha/r'.*'rslora'.*'1'") as err:
+    with pytest.raises(LoradynError, match=r"unknown alpha_rule .*'1'.*'1/sqrt\(r\)'.*'rslora'.*'1/r'.*'alpha/r'") as err:
         suggest_lr(LR, rank=(1, 2), alpha_rule=alpha_rule)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -11,15 +10,8 @@ from typing import Any, Literal
 import pytest
 
 from loradyn.errors import SpecError
-from loradyn.serialize import (
-    apply_overrides,
-    load_spec,
-    load_yaml,
-    parse_override_value,
-    save_spec,
-    spec_from_dict,
-    spec_to_dict,
-)
+from loradyn.overrides import apply_overrides
+from loradyn.serialize import load_spec, load_yaml, save_spec, spec_from_dict, spec_to_dict
 from loradyn.specs import LoraSpec
 
 
@@ -57,29 +49,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 BASE = {"name": "base", "lora": {"rank": 4, "alpha": 4.0}, "optim": {"lr_a": 0.001}}
 
 
-# --- apply_overrides ------------------------------------------------------------------------------
-def test_overrides_nested_and_copy() -> None:
-    data = copy.deepcopy(BASE)
-    out = apply_overrides(data, ["lora.rank=16", "lora.init=B", "optim.lr_ratio=16", "name=run-1", "steps=100"])
-    assert out == {
-        "name": "run-1",
-        "lora": {"rank": 16, "alpha": 4.0, "init": "B"},
-        "optim": {"lr_a": 0.001, "lr_ratio": 16},
-        "steps": 100,
-    }
-    assert data == BASE  # the input is not mutated
-
-
-def test_overrides_create_missing_sections() -> None:
-    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
-    assert apply_overrides({"a": None}, ["a.b=x"]) == {"a": {"b": "x"}}
-
-
-def test_overrides_later_wins_and_value_may_hold_equals() -> None:
-    out = apply_overrides({}, ["name=a", "name=b", "extra=x=y", " steps = 3"])
-    assert out == {"name": "b", "extra": "x=y", "steps": 3}
-
-
+# --- overrides into nested specs (the parser itself: tests/test_overrides.py) ---------------------
 def test_overrides_then_coercion_into_nested_spec() -> None:
     data = apply_overrides(
         BASE,
@@ -102,41 +72,6 @@ def test_overrides_then_coercion_into_nested_spec() -> None:
     assert isinstance(spec.optim.lr_a, float) and isinstance(spec.optim.betas, tuple)
     assert spec.seeds == (3, 4) and spec.color is Color.BLUE and spec.steps is None
     assert spec.grid == {"optim.lr_a": [1e-3, 0.01]} and all(isinstance(v, float) for v in spec.grid["optim.lr_a"])
-
-
-@pytest.mark.parametrize(
-    ("override", "match"),
-    [
-        ("lora.rank", "override 'lora.rank' is not of the form key=value"),
-        ("=3", "override '=3' has an empty key"),
-        ("name.first=x", "override 'name.first': 'name' is not a section"),
-        ("lora.rank.value=3", "override 'lora.rank.value': 'rank' is not a section"),
-    ],
-)
-def test_bad_overrides(override: str, match: str) -> None:
-    with pytest.raises(SpecError, match=match) as err:
-        apply_overrides(BASE, [override])
-    _one_line(err)
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("4", 4),
-        ("0.5", 0.5),
-        ("1e-3", "1e-3"),  # YAML 1.1: no dot, so a string (fields annotated float coerce it)
-        ("1.0e-3", 1e-3),
-        ("true", True),
-        ("null", None),
-        ("A", "A"),
-        ("[1, 2]", [1, 2]),
-        ("{a: 1}", {"a": 1}),
-        ("", ""),
-        ("[1,", "[1,"),  # not valid YAML: kept as text
-    ],
-)
-def test_parse_override_value(text: str, value: Any) -> None:
-    assert parse_override_value(text) == value
 
 
 # --- spec_from_dict / spec_to_dict ----------------------------------------------------------------

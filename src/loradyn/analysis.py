@@ -1,24 +1,36 @@
-"""Analysis of sweep tables: seed means, optimal learning rates, log-log slopes. DataFrames in and out.
+"""The one analysis of sweep tables: seed statistics, optimal learning rates, log-log slopes, best
+(lr_a, lr_b) pairs. DataFrames in and out; column names are those of the results schema
+(``docs/schema.md``: ``optim.lr_a``, ``lora.init``, ``task.width``, ``status``, metric columns).
 
-Conventions: a run that diverged counts as an infinite loss, so any learning rate at which some
-seed diverged is never the optimum (the optimum of a *mean* over seeds must be reachable by every
-seed). The optimal learning rate is the argmin of the seed-mean loss on the grid, refined by the
-vertex of the parabola through the argmin and its two neighbours in (log2 lr, log10 mean loss)
-coordinates; an optimum at an edge of the grid is not refined and is flagged (the true optimum
-may lie outside), and one next to a diverged learning rate is bracketed but left unrefined.
+Conventions (docs/theory.md §8):
+
+* A trial that did not finish (``status`` other than ``done``) or whose metric is not finite
+  counts as the *worst* value (+inf when lower is better, -inf when higher is better), so a
+  setting is optimal only if every seed of it worked.
+* The optimal learning rate of a group is the grid point with the best seed mean (ties go to the
+  lower seed-mean ``tiebreak`` metric, else to the smaller learning rate). With ``refine``, it is
+  refined by the vertex of the parabola through the optimum and its two neighbours in (log2 lr,
+  log10 metric) coordinates (a loss: lower is better) or (log2 lr, metric).
+* ``edge`` says why an optimum may not be trusted: ``"low"`` / ``"high"`` (it is the grid's
+  smallest / largest learning rate, so the true optimum may lie outside), ``"unstable"`` (a
+  neighbour failed or diverged: bracketed, not refined), ``"none"`` (every learning rate failed),
+  ``""`` (interior).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from .errors import LoradynError
 
-__all__ = ["best_pair", "fit_log2_slope", "optimal_lr", "parabola_vertex", "seed_mean"]
+__all__ = ["best_pair", "fit_log2_slope", "optimal_lr", "parabola_vertex", "seed_stats", "worst_value"]
+
+Mode = Literal["min", "max"]
 
 
 def _need(df: pd.DataFrame, cols: Sequence[str]) -> None:
@@ -33,32 +45,53 @@ def _as_list(by: str | Sequence[str] | None) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
 
-def seed_mean(
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise LoradynError(f"mode must be 'min' or 'max', got {mode!r}")
+
+
+def worst_value(mode: Mode) -> float:
+    """The value a failed trial counts as: +inf when lower is better, -inf when higher is."""
+    return math.inf if mode == "min" else -math.inf
+
+
+def _values(df: pd.DataFrame, metric: str, mode: Mode, status: str | None) -> np.ndarray:
+    """The metric as floats, with unfinished trials and non-finite values set to the worst value."""
+    values = pd.to_numeric(df[metric], errors="coerce").astype(float).to_numpy(copy=True)
+    bad = ~np.isfinite(values)
+    if status and status in df.columns:
+        bad |= (df[status].astype(str) != "done").to_numpy()
+    values[bad] = worst_value(mode)
+    return values
+
+
+def seed_stats(
     df: pd.DataFrame,
     by: str | Sequence[str],
     *,
-    loss: str = "final_train_loss",
-    diverged: str | None = "diverged",
+    metric: str = "final_train_loss",
+    mode: Mode = "min",
+    status: str | None = "status",
 ) -> pd.DataFrame:
-    """Mean, std, min, max of ``loss`` over seeds for each ``by`` group (diverged or NaN → +inf).
+    """Seed statistics of ``metric`` for each ``by`` group (failed trials count as the worst value).
 
-    Returns one row per group with columns ``by..., mean, std, min, max, n_seeds, n_diverged``.
+    Returns one row per group: ``by..., mean, std, min, max, n_seeds, n_failed``; ``std`` (ddof 1)
+    is NaN with fewer than two seeds or when a seed failed.
     """
+    _check_mode(mode)
     by = _as_list(by)
-    _need(df, [*by, loss])
-    values = df[loss].astype(float).to_numpy(copy=True)
-    bad = ~np.isfinite(values)
-    if diverged and diverged in df.columns:
-        bad |= df[diverged].fillna(False).astype(bool).to_numpy()
-    values[bad] = np.inf
+    _need(df, [*by, metric])
+    values = _values(df, metric, mode, status)
     work = df[by].copy()
     work["_v"] = values
-    work["_bad"] = bad
+    work["_bad"] = ~np.isfinite(values)
     grouped = work.groupby(by, sort=True, dropna=False)
     out = grouped["_v"].agg(["mean", "min", "max"])
-    out["std"] = grouped["_v"].agg(lambda v: float(np.std(v, ddof=1)) if len(v) > 1 and np.isfinite(v).all() else (0.0 if len(v) == 1 else math.nan))
+    out["std"] = grouped["_v"].agg(
+        lambda v: float(np.std(v, ddof=1)) if len(v) > 1 and np.isfinite(v).all() else math.nan
+    )
     out["n_seeds"] = grouped["_v"].size()
-    out["n_diverged"] = grouped["_bad"].sum().astype(int)
+    out["n_failed"] = grouped["_bad"].sum().astype(int)
     return out.reset_index()
 
 
@@ -76,35 +109,44 @@ def parabola_vertex(x: Sequence[float], y: Sequence[float]) -> float | None:
     return min(max(-b / (2 * a), x0), x2)
 
 
+OPTIMUM_COLUMNS = ["lr_opt", "log2_lr_opt", "lr_grid_opt", "metric_opt", "metric_opt_std", "refined", "edge",
+                   "n_lr", "n_seeds"]
+
+
 def optimal_lr(
     df: pd.DataFrame,
     by: str | Sequence[str] | None = None,
     *,
-    lr: str = "lr_a",
-    loss: str = "final_train_loss",
-    diverged: str | None = "diverged",
+    lr: str = "optim.lr_a",
+    metric: str = "final_train_loss",
+    mode: Mode = "min",
     refine: bool = True,
+    tiebreak: str | None = None,
+    status: str | None = "status",
 ) -> pd.DataFrame:
-    """Optimal learning rate per group: argmin of the seed-mean loss, refined by a parabola.
+    """Optimal learning rate per group: the best seed mean on the grid, optionally refined.
 
     Args:
-        df: one row per run, with ``lr``, ``loss``, a seed column (any) and the ``by`` columns.
-        by: grouping columns (e.g. ``["init", "width"]``).
+        df: one row per trial, with ``lr``, ``metric``, the ``by`` columns and (optionally) ``status``.
+        by: grouping columns (e.g. ``["lora.init", "task.width"]``).
         lr: the learning-rate column.
-        loss: the loss column (lower is better).
-        diverged: boolean column marking diverged runs (counted as +inf), or None.
-        refine: refine the grid argmin with the parabola vertex in (log2 lr, log10 loss).
+        metric: the metric column; ``mode`` says whether lower (``min``) or higher (``max``) is better.
+        refine: refine the grid optimum by the parabola through it and its neighbours.
+        tiebreak: a metric whose lower seed mean decides between equally good grid points.
+        status: the trial-status column (trials not ``done`` count as the worst value), or None.
 
     Returns:
-        One row per group: ``by..., lr_opt, log2_lr_opt, lr_grid_opt, loss_opt, refined, edge``
-        (``"low"``/``"high"``: the argmin is the grid's smallest/largest lr, so the true optimum
-        may lie outside; ``"unstable"``: a neighbour diverged, so the optimum is bracketed but not
-        refined; ``"none"``: every lr diverged; else ``""``), ``n_lr``, ``n_seeds``.
+        One row per group: ``by..., lr_opt, log2_lr_opt, lr_grid_opt, metric_opt`` (the best seed
+        mean), ``metric_opt_std`` (its seed std), ``refined``, ``edge`` (see the module docstring),
+        ``n_lr``, ``n_seeds``.
     """
+    _check_mode(mode)
     by = _as_list(by)
-    means = seed_mean(df, [*by, lr], loss=loss, diverged=diverged)
+    stats = seed_stats(df, [*by, lr], metric=metric, mode=mode, status=status)
+    ties = seed_stats(df, [*by, lr], metric=tiebreak, mode="min", status=status) if tiebreak else None
+    sign = 1.0 if mode == "min" else -1.0
     rows = []
-    groups = means.groupby(by, sort=True, dropna=False) if by else [((), means)]
+    groups = stats.groupby(by, sort=True, dropna=False) if by else [((), stats)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values(lr)
@@ -112,13 +154,18 @@ def optimal_lr(
         y = g["mean"].to_numpy(dtype=float)
         row = dict(zip(by, key))
         row.update(n_lr=len(g), n_seeds=int(g["n_seeds"].max()))
-        finite = np.isfinite(y) & (y > 0)
+        finite = np.isfinite(y)
         if not finite.any():
-            row.update(lr_opt=math.nan, log2_lr_opt=math.nan, lr_grid_opt=math.nan, loss_opt=math.inf, refined=False, edge="none")
+            row.update(lr_opt=math.nan, log2_lr_opt=math.nan, lr_grid_opt=math.nan, metric_opt=worst_value(mode),
+                       metric_opt_std=math.nan, refined=False, edge="none")
             rows.append(row)
             continue
-        i = int(np.argmin(np.where(finite, y, np.inf)))
-        xi = x[i]
+        score = np.where(finite, sign * y, np.inf)
+        best = np.flatnonzero(score == score.min())
+        if ties is not None and len(best) > 1:
+            t = ties.merge(g[[*by, lr]], on=[*by, lr]).sort_values(lr)["mean"].to_numpy(dtype=float)
+            best = best[[int(np.argmin(t[best]))]]
+        i = int(best[0])
         edge = ""
         if i == 0:
             edge = "low"
@@ -126,18 +173,20 @@ def optimal_lr(
             edge = "high"
         elif not (finite[i - 1] and finite[i + 1]):
             edge = "unstable"
-        x_opt, refined = xi, False
+        grid_lr = float(g[lr].iloc[i])
+        lr_opt, x_opt, refined = grid_lr, x[i], False
         if refine and not edge:
-            v = parabola_vertex(x[i - 1 : i + 2], np.log10(y[i - 1 : i + 2]))
+            near = y[i - 1 : i + 2]
+            curve = np.log10(near) if mode == "min" and (near > 0).all() else sign * near
+            v = parabola_vertex(x[i - 1 : i + 2], curve)
             if v is not None:
-                x_opt, refined = v, True
+                lr_opt, x_opt, refined = float(2.0**v), v, True
         row.update(
-            lr_opt=float(2.0**x_opt), log2_lr_opt=float(x_opt), lr_grid_opt=float(2.0**xi),
-            loss_opt=float(y[i]), refined=refined, edge=edge,
+            lr_opt=lr_opt, log2_lr_opt=float(x_opt), lr_grid_opt=grid_lr,
+            metric_opt=float(y[i]), metric_opt_std=float(g["std"].iloc[i]), refined=refined, edge=edge,
         )
         rows.append(row)
-    cols = [*by, "lr_opt", "log2_lr_opt", "lr_grid_opt", "loss_opt", "refined", "edge", "n_lr", "n_seeds"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=[*by, *OPTIMUM_COLUMNS])
 
 
 def fit_log2_slope(
@@ -185,19 +234,20 @@ def best_pair(
     df: pd.DataFrame,
     by: str | Sequence[str] | None = None,
     *,
-    lr_a: str = "lr_a",
-    lr_b: str = "lr_b",
-    loss: str = "final_train_loss",
-    diverged: str | None = "diverged",
+    lr_a: str = "optim.lr_a",
+    lr_b: str = "optim.lr_b",
+    metric: str = "final_train_loss",
+    status: str | None = "status",
 ) -> pd.DataFrame:
-    """Best (lr_a, lr_b) of a 2-D grid per group, and the best pair on the diagonal lr_a = lr_b.
+    """Best (lr_a, lr_b) of a 2-D grid per group (lower ``metric`` is better), and the best pair
+    on the diagonal lr_a = lr_b.
 
-    Returns one row per group: ``by..., lr_a_opt, lr_b_opt, ratio_opt, loss_opt, lr_diag_opt,
-    loss_diag_opt, gain`` (``gain = loss_diag_opt / loss_opt`` ≥ 1), ``edge`` (the optimum touches
-    the grid's border: ``"lr_a"``, ``"lr_b"``, ``"both"`` or ``""``).
+    Returns one row per group: ``by..., lr_a_opt, lr_b_opt, ratio_opt, metric_opt, lr_diag_opt,
+    metric_diag_opt, gain`` (``gain = metric_diag_opt / metric_opt`` ≥ 1), ``edge`` (the optimum
+    touches the grid's border: ``"lr_a"``, ``"lr_b"``, ``"both"`` or ``""``).
     """
     by = _as_list(by)
-    means = seed_mean(df, [*by, lr_a, lr_b], loss=loss, diverged=diverged)
+    means = seed_stats(df, [*by, lr_a, lr_b], metric=metric, mode="min", status=status)
     rows = []
     groups = means.groupby(by, sort=True, dropna=False) if by else [((), means)]
     for key, g in groups:
@@ -214,12 +264,12 @@ def best_pair(
             edges.append("lr_b")
         row.update(
             lr_a_opt=float(best[lr_a]), lr_b_opt=float(best[lr_b]),
-            ratio_opt=float(best[lr_b]) / float(best[lr_a]), loss_opt=float(best["mean"]),
+            ratio_opt=float(best[lr_b]) / float(best[lr_a]), metric_opt=float(best["mean"]),
             lr_diag_opt=float(dbest[lr_a]) if dbest is not None else math.nan,
-            loss_diag_opt=float(dbest["mean"]) if dbest is not None else math.nan,
+            metric_diag_opt=float(dbest["mean"]) if dbest is not None else math.nan,
             edge="both" if len(edges) == 2 else (edges[0] if edges else ""),
         )
-        row["gain"] = row["loss_diag_opt"] / row["loss_opt"] if row["loss_opt"] > 0 else math.nan
+        row["gain"] = row["metric_diag_opt"] / row["metric_opt"] if row["metric_opt"] > 0 else math.nan
         rows.append(row)
-    cols = [*by, "lr_a_opt", "lr_b_opt", "ratio_opt", "loss_opt", "lr_diag_opt", "loss_diag_opt", "gain", "edge"]
+    cols = [*by, "lr_a_opt", "lr_b_opt", "ratio_opt", "metric_opt", "lr_diag_opt", "metric_diag_opt", "gain", "edge"]
     return pd.DataFrame(rows, columns=cols)

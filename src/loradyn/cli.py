@@ -45,7 +45,17 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_executor: str = "pro
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _experiment_listing() -> str:
+    from .experiments import experiments
+
+    found = experiments()
+    width = max(len(e) for e in found)
+    lines = [f"  {e.id.ljust(width)}  {e.description}" for e in found.values()]
+    lines.append(f"  {'all'.ljust(width)}  every experiment above that runs in 'all' (the synthetic ones), in order")
+    return "experiments:\n" + "\n".join(lines)
+
+
+def _build_parser(list_experiments: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(prog="loradyn", description="LoRA learning dynamics: sweeps, reproductions, reports.")
     from . import __version__
 
@@ -62,7 +72,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster (with --executor ray)")
     p.add_argument("--retry-failed", action="store_true", help="run previously failed trials again")
 
-    p = sub.add_parser("reproduce", help="reproduce a paper experiment with verdicts")
+    p = sub.add_parser("reproduce", help="reproduce a paper experiment with verdicts",
+                       description="Reproduce one of the papers' experiments and print whether each claim held.",
+                       epilog=_experiment_listing() if list_experiments else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", metavar="ID", help="experiment id, or 'all'")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. lora.rank=8")
     p.add_argument("--quick", action="store_true", help="reduced grid (minutes)")
@@ -87,7 +100,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, nargs=2, default=None, metavar=("N0", "N1"))
     p.add_argument("--rank", type=int, nargs=2, default=None, metavar=("R0", "R1"))
     p.add_argument("--init", default="A", help="A (Init[A]) or B (Init[B])")
-    p.add_argument("--alpha-rule", default="alpha/r", help="alpha/r, rslora or 1")
+    p.add_argument("--alpha-rule", default="1/r",
+                   help="how the multiplier moves with the rank: 1/r (fixed lora_alpha, PEFT's default; alias "
+                        "alpha/r), 1/sqrt(r) (rsLoRA; alias rslora) or 1 (lora_alpha proportional to r)")
     p.add_argument("--lr-ratio", type=float, default=None, help="also transfer a LoRA+ ratio lr_b/lr_a")
 
     p = sub.add_parser("demo", help="reproduce all --quick, then write the report")
@@ -125,12 +140,7 @@ def _verdicts(obj: Any) -> list[dict[str, Any]]:
 
 
 def _reproduce(args: argparse.Namespace, experiment: str, out: str, quick: bool) -> int:
-    try:
-        from .repro import reproduce
-    except ModuleNotFoundError as err:
-        if not (err.name or "").startswith("loradyn"):
-            raise
-        raise LoradynError("loradyn.repro is not available in this installation") from None
+    from .experiments import reproduce
 
     summary = reproduce(experiment, out=out, quick=quick, seeds=getattr(args, "seeds", None),
                         overrides=tuple(getattr(args, "overrides", ())), executor=args.executor,
@@ -202,8 +212,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .sweep.protocol import get_task
     from .sweep.spec import expand, plan_packs, resolve_sweep
+    from .tasks.registry import get_task
 
     sweep = resolve_sweep(args.spec, args.overrides)
     task = get_task(sweep.kind)
@@ -215,16 +225,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_suggest_lr(args: argparse.Namespace) -> int:
-    from .scaling import lr_exponents, suggest_lr, suggest_lr_ratio
+    from .scaling import (
+        canonical_alpha_rule,
+        is_published,
+        lr_exponents,
+        suggest_lr,
+        suggest_lr_ratio,
+    )
 
     width = tuple(args.width) if args.width else None
     rank = tuple(args.rank) if args.rank else None
     lr = suggest_lr(args.lr, width=width, rank=rank, init=args.init, alpha_rule=args.alpha_rule)
-    w_exp, r_exp = lr_exponents(args.init, args.alpha_rule)
+    rule = canonical_alpha_rule(args.alpha_rule)
+    w_exp, r_exp = lr_exponents(args.init, rule)
     moves = [f"{name} {a} -> {b}" for name, pair in (("width", width), ("rank", rank)) if pair
              for a, b in [pair]]
-    _say(f"lr = {lr:.6g}   (from {args.lr:g}; Init[{args.init}], alpha_rule {args.alpha_rule}: "
-         f"lr ∝ n^{w_exp:g} · r^{r_exp:g}; {', '.join(moves) or 'no change'})")
+    derived = rank is not None and rank[0] != rank[1] and not is_published(args.init, rule)
+    status = ("rank rule DERIVED HERE, NOT PUBLISHED (docs/theory.md §5.1): check it with a sweep"
+              if derived else "published rule")
+    _say(f"lr = {lr:.6g}   (from {args.lr:g}; Init[{args.init.upper()}], alpha_rule {rule}: "
+         f"lr ∝ n^{w_exp:g} · r^{r_exp:g}; {', '.join(moves) or 'no change'}; {status})")
     if args.lr_ratio is not None:
         # LoRA+ (arXiv 2402.12354): lr_a ∝ n^-1 and lr_b = Θ(1), so the ratio grows ∝ n and lr_b
         # stays fixed. Here --lr is read as the tuned lr_a of a LoRA+ run.
@@ -266,11 +286,29 @@ def _error(message: Any) -> int:
     return EXIT_USAGE
 
 
+def _attach_negative_numbers(argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3``: argparse would read a negative number in exponent form as
+    an option and report a missing value instead of the value's own one-line error."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-"):
+            try:
+                float(arg)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={arg}"
+                continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed run or verdict, 2 bad input)."""
-    parser = _build_parser()
+    argv = _attach_negative_numbers(list(argv) if argv is not None else sys.argv[1:])
+    parser = _build_parser(list_experiments=argv[:1] == ["reproduce"])
     try:
-        args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+        args, extra = parser.parse_known_args(argv)
         # dotted key=value overrides may come after options (`reproduce ID --quick lora.rank=8`)
         stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
         if stray:

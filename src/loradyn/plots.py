@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis import seed_mean
+from .analysis import seed_stats
 
 __all__ = [
     "plot_feature_norms",
-    "plot_loss_vs_lr",
     "plot_lr_heatmap",
+    "plot_metric_vs_lr",
     "plot_optimal_lr_vs_width",
     "plot_rank_lr",
     "save_figure",
@@ -50,53 +50,70 @@ def save_figure(fig: Any, path) -> None:
     _plt().close(fig)
 
 
-def plot_loss_vs_lr(
+def _short(col: str) -> str:
+    return col.rsplit(".", 1)[-1]
+
+
+def plot_metric_vs_lr(
     df: pd.DataFrame,
     *,
-    lr: str = "lr_a",
-    loss: str = "final_train_loss",
-    hue: str | Sequence[str] = "init",
-    panel: str | None = "width",
+    lr: str = "optim.lr_a",
+    metric: str = "final_train_loss",
+    mode: str = "min",
+    hue: str | Sequence[str] = "lora.init",
+    panel: str | None = None,
     optimum: pd.DataFrame | None = None,
+    band: str = "minmax",
+    logy: bool = True,
     title: str | None = None,
 ):
-    """Seed-mean loss vs learning rate (log-log) with min–max seed bands, one curve per ``hue``.
+    """The one metric-vs-learning-rate figure: seed mean vs ``lr`` (log2 axis), one line per
+    ``hue`` group, a band over seeds (``"minmax"`` or ``"std"``), one panel per ``panel`` value.
 
-    With ``panel`` one subplot per value of that column; ``optimum`` (from
-    :func:`loradyn.analysis.optimal_lr`, same hue/panel columns) marks each optimum.
+    Failed or diverged trials count as the worst value (:func:`loradyn.analysis.seed_stats`), so a
+    learning rate where any seed failed has no point. ``optimum`` (from
+    :func:`loradyn.analysis.optimal_lr`, same hue/panel columns) draws each optimum as a dotted line.
     """
     plt = _plt()
     hue = [hue] if isinstance(hue, str) else list(hue)
     panels = sorted(df[panel].unique()) if panel else [None]
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    by = [*( [panel] if panel else []), *hue, lr]
-    stats = seed_mean(df, by, loss=loss)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols if panel else 6, 3.0 * rows if panel else 4),
+                             squeeze=False)
+    by = [*([panel] if panel else []), *hue, lr]
+    stats = seed_stats(df, by, metric=metric, mode=mode)
     for ax, pv in zip(axes.flat, panels):
         sub = stats if panel is None else stats[stats[panel] == pv]
         for key, g in sub.groupby(hue, sort=True):
             key = key if isinstance(key, tuple) else (key,)
-            label = ", ".join(f"{h}={k}" for h, k in zip(hue, key))
+            label = ", ".join(f"{_short(h)}={k}" for h, k in zip(hue, key))
             g = g.sort_values(lr)
             ok = np.isfinite(g["mean"])
             (line,) = ax.plot(g[lr][ok], g["mean"][ok], marker="o", ms=3, label=label)
-            fin = np.isfinite(g["max"])
-            ax.fill_between(g[lr][fin], g["min"][fin], g["max"][fin], alpha=0.2, color=line.get_color())
+            if band == "std":
+                std = np.nan_to_num(g["std"][ok].to_numpy())
+                lo, hi = g["mean"][ok] - std, g["mean"][ok] + std
+                ax.fill_between(g[lr][ok], lo, hi, alpha=0.15, color=line.get_color())
+            else:
+                fin = np.isfinite(g["max"]) & np.isfinite(g["min"])
+                ax.fill_between(g[lr][fin], g["min"][fin], g["max"][fin], alpha=0.2, color=line.get_color())
             if optimum is not None:
                 o = optimum
                 if panel:
                     o = o[o[panel] == pv]
                 for h, k in zip(hue, key):
-                    o = o[o[h] == k]
+                    if h in o.columns:
+                        o = o[o[h] == k]
                 for v in o["lr_opt"].dropna():
                     ax.axvline(v, color=line.get_color(), ls=":", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if logy and (stats["mean"][np.isfinite(stats["mean"])] > 0).all():
+            ax.set_yscale("log")
         ax.set_xlabel(lr)
-        ax.set_ylabel(f"{loss} (seed mean)")
+        ax.set_ylabel(f"{metric} (seed mean)")
         if panel:
-            ax.set_title(f"{panel} = {pv}", fontsize=9)
+            ax.set_title(f"{_short(panel)} = {pv}", fontsize=9)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -132,7 +149,7 @@ def _plot_optima(ax, opt: pd.DataFrame, x: str, hue: str, fits: pd.DataFrame | N
 def _finish_optima_axes(fig, ax, x: str, title: str | None, *, legend_size: int):
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.set_xlabel(x)
+    ax.set_xlabel(_short(x))
     ax.set_ylabel("optimal learning rate")
     ax.legend(fontsize=legend_size)
     if title:
@@ -144,8 +161,8 @@ def _finish_optima_axes(fig, ax, x: str, title: str | None, *, legend_size: int)
 def plot_optimal_lr_vs_width(
     opt: pd.DataFrame,
     *,
-    x: str = "width",
-    hue: str = "init",
+    x: str = "task.width",
+    hue: str = "lora.init",
     exponents: Sequence[float] = (-0.5, -1.0),
     fits: pd.DataFrame | None = None,
     title: str | None = None,
@@ -158,18 +175,18 @@ def plot_optimal_lr_vs_width(
     """
     fig, ax = _fig_ax(ax)
     xs = opt[x].astype(float).to_numpy()
-    _plot_optima(ax, opt, x, hue, fits, label_prefix=f"{hue}=")
+    _plot_optima(ax, opt, x, hue, fits, label_prefix=f"{_short(hue)}=")
     finite = opt["lr_opt"].astype(float)
     anchor = float(np.nanmax(finite[opt[x] == opt[x].min()])) if len(opt) else 1.0
     if np.isfinite(anchor) and len(xs):
-        _reference_lines(ax, xs, anchor * 1.5, exponents, "n" if x == "width" else x)
+        _reference_lines(ax, xs, anchor * 1.5, exponents, "n" if _short(x) == "width" else _short(x))
     return _finish_optima_axes(fig, ax, x, title, legend_size=8)
 
 
 def plot_rank_lr(
     opt: pd.DataFrame,
     *,
-    x: str = "rank",
+    x: str = "lora.rank",
     hue: str = "variant",
     reference: float | None = None,
     fits: pd.DataFrame | None = None,
@@ -192,23 +209,23 @@ def plot_rank_lr(
 def plot_lr_heatmap(
     df: pd.DataFrame,
     *,
-    lr_a: str = "lr_a",
-    lr_b: str = "lr_b",
-    loss: str = "final_train_loss",
+    lr_a: str = "optim.lr_a",
+    lr_b: str = "optim.lr_b",
+    metric: str = "final_train_loss",
     title: str | None = None,
     ax=None,
 ):
-    """Heatmap of the seed-mean log10 loss over (lr_a, lr_b); the diagonal lr_a = lr_b is drawn,
-    the best cell is starred, and cells within 1 % of the best are outlined."""
+    """Heatmap of the seed-mean log10 ``metric`` (lower is better) over (lr_a, lr_b); the diagonal
+    lr_a = lr_b is drawn, the best cell is starred, and cells within 1 % of the best are outlined."""
     fig, ax = _fig_ax(ax, figsize=(5, 4.2))
-    stats = seed_mean(df, [lr_a, lr_b], loss=loss)
+    stats = seed_stats(df, [lr_a, lr_b], metric=metric)
     grid = stats.pivot(index=lr_b, columns=lr_a, values="mean").sort_index().sort_index(axis=1)
     values = np.log10(grid.to_numpy(dtype=float))
     values[~np.isfinite(values)] = np.nan
     xa, yb = np.log2(grid.columns.to_numpy(float)), np.log2(grid.index.to_numpy(float))
     im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis_r",
                    extent=(xa.min() - 0.5 * _step(xa), xa.max() + 0.5 * _step(xa), yb.min() - 0.5 * _step(yb), yb.max() + 0.5 * _step(yb)))
-    fig.colorbar(im, ax=ax, label=f"log10 {loss} (seed mean)")
+    fig.colorbar(im, ax=ax, label=f"log10 {metric} (seed mean)")
     lo, hi = max(xa.min(), yb.min()), min(xa.max(), yb.max())
     ax.plot([lo, hi], [lo, hi], color="white", ls="--", lw=1.5, label="lr_b = lr_a")
     if np.isfinite(values).any():
@@ -217,8 +234,8 @@ def plot_lr_heatmap(
         jj, ii = np.nonzero(near)
         ax.scatter(xa[ii], yb[jj], s=30, facecolors="none", edgecolors="white", lw=0.8)
         ax.scatter([xa[i]], [yb[j]], marker="*", s=160, color="red", label="best")
-    ax.set_xlabel(f"log2 {lr_a}")
-    ax.set_ylabel(f"log2 {lr_b}")
+    ax.set_xlabel(f"log2 {_short(lr_a)}")
+    ax.set_ylabel(f"log2 {_short(lr_b)}")
     ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
@@ -234,7 +251,7 @@ def plot_feature_norms(
     probes: pd.DataFrame,
     curves: pd.DataFrame | None = None,
     *,
-    hue: str | Sequence[str] = ("init", "width"),
+    hue: str | Sequence[str] = ("lora.init", "task.width"),
     features: Sequence[str] = ("z_a", "z_b"),
     stat: str = "rms",
     title: str | None = None,
@@ -255,7 +272,7 @@ def plot_feature_norms(
         for key, g in frame.groupby(hue, sort=True):
             key = key if isinstance(key, tuple) else (key,)
             agg = g.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
-            label = ", ".join(f"{h}={k}" for h, k in zip(hue, key))
+            label = ", ".join(f"{_short(h)}={k}" for h, k in zip(hue, key))
             kw = {"color": colors[key]} if key in colors else {}
             (line,) = ax.plot(agg["step"], agg["mean"], label=label, **kw)
             colors.setdefault(key, line.get_color())

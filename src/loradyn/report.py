@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .sweep import figures
-from .sweep.store import SweepStore, find_stores
+from .sweep.store import SweepStore
+from .sweep.tables import find_stores, record_table, results_frame
 
 __all__ = ["write_report"]
 
@@ -64,9 +65,9 @@ def _verdict_blocks(summary_path: Path) -> list[Block]:
 def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block]:
     store = SweepStore.open(sweep_dir)
     try:
-        df = store.results()
-        probes = store.table("probes")
-        curves = store.table("curves")
+        df = results_frame(store)
+        probes = record_table(store, "probes")
+        curves = record_table(store, "curves")
     finally:
         store.close()
     spec = _load_yaml(sweep_dir / "spec.yaml")

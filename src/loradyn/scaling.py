@@ -1,46 +1,44 @@
-"""Learning-rate transfer across width n and rank r: the published scaling rules as functions.
+"""Learning-rate transfer across width n and rank r: the scaling rules as functions (docs/theory.md §6).
 
 A learning rate tuned on a small proxy (width n0, rank r0) is moved to the target (n1, r1) by the
 power laws ``lr ∝ n^w · r^k`` below. They are statements about orders of magnitude (Adam-type
 optimisers, large width), so the result is a starting point for a short sweep, not a constant the
 theory fixes.
 
-Conventions. PEFT writes the adapter as ``W0 + scaling · B @ A`` with ``scaling = lora_alpha / r``
-(``lora_alpha / sqrt(r)`` with ``use_rslora=True``). μA (arXiv 2602.06204) calls this total
-multiplier α and writes α = r^-γ. What matters for rank transfer is how α changes when r changes,
-named here by ``alpha_rule``::
+**Alpha rules: the one vocabulary** (shared by :func:`suggest_lr` and the synthetic model's
+``lora.alpha_rule``). PEFT writes the adapter as ``W0 + scaling · B @ A``; μA (arXiv 2602.06204)
+calls the total multiplier α and writes α = r^-γ. A rule names how α moves when r changes::
 
-    alpha_rule   PEFT configuration when r changes                 α = scaling   γ
-    "alpha/r"    fixed lora_alpha, use_rslora=False (PEFT default)  ∝ 1/r         1
-    "rslora"     fixed lora_alpha, use_rslora=True                  ∝ 1/sqrt(r)   1/2
-    "1"          lora_alpha ∝ r (e.g. lora_alpha = r or 2r)         constant      0
+    alpha_rule    α = scaling   γ     PEFT configuration when r changes          alias
+    "1"           constant      0     lora_alpha ∝ r (e.g. lora_alpha = 2r)
+    "1/sqrt(r)"   ∝ 1/sqrt(r)   1/2   fixed lora_alpha, use_rslora=True          "rslora"
+    "1/r"         ∝ 1/r         1     fixed lora_alpha (PEFT's default usage)    "alpha/r"
 
-Rules (tags from the project's digest, papers.md §0: [C] corroborated by ≥ 2 sources and our
-derivation, [S] single secondary source, [D] our own one-step derivation, not published)::
+The aliases are accepted everywhere a rule is and mean exactly the canonical rule.
 
-    init     alpha_rule       optimal lr              4x rank ->      source
-    Init[A]  any (α = r^-γ)   n^-1/2 · r^-(1-γ)/2                     papers.md §4.3 [C]
-    Init[A]  "1"              n^-1/2 · r^-1/2         lr / 2          papers.md §4.3 [C]/[S]
-    Init[A]  "rslora"         n^-1/2 · r^-1/4         lr / sqrt(2)    papers.md §4.3 [C]
-    Init[A]  "alpha/r"        n^-1/2                  lr (invariant)  papers.md §2.2, §4.3 [C]
-    Init[B]  "1"              n^-1                    lr (invariant)  papers.md §2.2, §4.3 [C]
-    Init[B]  "rslora"         n^-1 · r^1/2 (1/(α n))  lr · 2          papers.md §4.3 [D] only
-    Init[B]  "alpha/r"        n^-1 · r (1/(α n))      lr · 4          papers.md §4.3 [D] only
-    LoRA+    ratio λ          λ = lr_b/lr_a ∝ n                       papers.md §3.2 [C]
+Rules (docs/theory.md §2-§5)::
+
+    init     alpha_rule     optimal lr              4x rank ->      status
+    Init[A]  any (α=r^-γ)   n^-1/2 · r^-(1-γ)/2                     published (2406.08447, 2602.06204)
+    Init[A]  "1"            n^-1/2 · r^-1/2         lr / 2          published (2602.06204)
+    Init[A]  "1/sqrt(r)"    n^-1/2 · r^-1/4         lr / sqrt(2)    published (2602.06204)
+    Init[A]  "1/r"          n^-1/2                  lr (invariant)  published (2406.08447, 2602.06204)
+    Init[B]  "1"            n^-1                    lr (invariant)  published (2406.08447, 2602.06204)
+    Init[B]  "1/sqrt(r)"    n^-1 · r^1/2 (1/(α n))  lr · 2          derived here, not published (§5.1)
+    Init[B]  "1/r"          n^-1 · r (1/(α n))      lr · 4          derived here, not published (§5.1)
+    LoRA+    ratio λ        λ = lr_b/lr_a ∝ n                       published (2402.12354)
 
 Width: Init[A] admits ``lr ∝ n^-1/2`` (arXiv 2406.08447; Z_A = A x then grows ∝ n^1/2), Init[B]
-needs ``lr ∝ n^-1`` (the LoRA output B0·ΔA·x grows ∝ lr·n). Rank (μA, arXiv 2602.06204): under
-Init[A] the rank exponent is -(1-γ)/2; under Init[B] with α = 1 the optimal lr is rank-invariant
-(and of the same order as full finetuning's). For Init[B] with another α, the rule ``lr ~ 1/(α n)``
-is **derived, not published** (papers.md §4.3, tag [D]): the same stability argument with the
-multiplier kept, ``Z_B = α·B0·ΔA·x ~ α·lr·n``. :func:`suggest_lr` implements it (it reduces to the published rule at α = 1),
-but treat a rank transfer under Init[B] with ``alpha_rule != "1"`` as a hypothesis to check
-with a sweep; width transfer under Init[B] (lr ∝ n^-1) does not depend on α.
+needs ``lr ∝ n^-1``. Rank (μA, arXiv 2602.06204): under Init[A] the rank exponent is -(1-γ)/2;
+under Init[B] with α = 1 the optimal lr is rank-invariant (and of the order of full
+finetuning's). For Init[B] with another α, the rule ``lr ~ 1/(α n)`` is **derived here, not
+published** (docs/theory.md §5.1): treat a rank transfer under Init[B] with ``alpha_rule != "1"``
+as a hypothesis to check with a sweep; width transfer under Init[B] (lr ∝ n^-1) does not depend
+on α.
 
 LoRA+ (arXiv 2402.12354): with separate learning rates, ``lr_a ∝ n^-1`` and ``lr_b ∝ 1`` make both
 factors learn efficiently, so the optimal ratio λ = lr_b / lr_a grows ∝ n; the theory gives the
-order only, not the constant (λ = 2^4 is the usual default). The one-step argument gives the same
-order for either initialisation.
+order only, not the constant (λ = 2^4 is the usual default).
 """
 
 from __future__ import annotations
@@ -54,29 +52,40 @@ from .errors import LoradynError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["ALPHA_RULES", "lr_exponents", "lr_rules_table", "suggest_lr", "suggest_lr_ratio"]
+__all__ = [
+    "ALPHA_RULES",
+    "ALPHA_RULE_ALIASES",
+    "canonical_alpha_rule",
+    "alpha_value",
+    "is_published",
+    "lr_exponents",
+    "lr_rules_table",
+    "suggest_lr",
+    "suggest_lr_ratio",
+]
 
-#: alpha_rule -> γ, where the total multiplier scaling = lora_alpha/r (or /sqrt(r)) is ∝ r^-γ.
-ALPHA_RULES: dict[str, float] = {"alpha/r": 1.0, "rslora": 0.5, "1": 0.0}
+#: alpha_rule -> γ, where the total multiplier α (PEFT's ``scaling``) is ∝ r^-γ.
+ALPHA_RULES: dict[str, float] = {"1": 0.0, "1/sqrt(r)": 0.5, "1/r": 1.0}
+#: PEFT-flavoured names of the same rules.
+ALPHA_RULE_ALIASES: dict[str, str] = {"rslora": "1/sqrt(r)", "alpha/r": "1/r"}
 
 _ALPHA_RULE_HELP = (
-    "'alpha/r' (fixed lora_alpha, PEFT default), 'rslora' (fixed lora_alpha with use_rslora=True) "
-    "or '1' (lora_alpha proportional to r: constant multiplier)"
+    "'1' (lora_alpha proportional to r: constant multiplier), '1/sqrt(r)' (alias 'rslora': fixed "
+    "lora_alpha with use_rslora=True) or '1/r' (alias 'alpha/r': fixed lora_alpha, PEFT's default usage)"
 )
 
-# (init, alpha_rule) -> (peft configuration, source tag) for the table.
 _PEFT_CONFIG = {
-    "alpha/r": "fixed lora_alpha, use_rslora=False",
-    "rslora": "fixed lora_alpha, use_rslora=True",
     "1": "lora_alpha ∝ r (constant alpha/r)",
+    "1/sqrt(r)": "fixed lora_alpha, use_rslora=True",
+    "1/r": "fixed lora_alpha, use_rslora=False",
 }
 _SOURCES = {
-    ("A", "alpha/r"): "papers.md §2.2, §4.3 [C]",
-    ("A", "rslora"): "papers.md §4.3 [C]",
-    ("A", "1"): "papers.md §4.3 [C]/[S]",
-    ("B", "1"): "papers.md §2.2, §4.3 [C]",
-    ("B", "rslora"): "papers.md §4.3 [D] derived, not published",
-    ("B", "alpha/r"): "papers.md §4.3 [D] derived, not published",
+    ("A", "1/r"): "arXiv 2406.08447, 2602.06204",
+    ("A", "1/sqrt(r)"): "arXiv 2602.06204",
+    ("A", "1"): "arXiv 2602.06204",
+    ("B", "1"): "arXiv 2406.08447, 2602.06204",
+    ("B", "1/sqrt(r)"): "derived here, not published (docs/theory.md §5.1)",
+    ("B", "1/r"): "derived here, not published (docs/theory.md §5.1)",
 }
 
 
@@ -90,11 +99,32 @@ def _init(init: Any) -> str:
     return text
 
 
-def _gamma(alpha_rule: Any) -> float:
-    key = alpha_rule if isinstance(alpha_rule, str) else None
+def canonical_alpha_rule(rule: Any) -> str:
+    """The canonical name of an alpha rule (``"1"``, ``"1/sqrt(r)"``, ``"1/r"``); aliases resolved.
+
+    Raises:
+        LoradynError: an unknown rule (one line listing the rules).
+    """
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool) and rule == 1:
+        return "1"  # YAML reads 1 as a number
+    key = ALPHA_RULE_ALIASES.get(rule, rule) if isinstance(rule, str) else None
     if key not in ALPHA_RULES:
-        raise LoradynError(f"unknown alpha_rule {alpha_rule!r}: use {_ALPHA_RULE_HELP}")
-    return ALPHA_RULES[key]
+        raise LoradynError(f"unknown alpha_rule {rule!r}: use {_ALPHA_RULE_HELP}")
+    return key
+
+
+def alpha_value(rule: str, rank: int) -> float:
+    """The multiplier α = r^-γ of a rule at ``rank``: 1, 1/sqrt(r) or 1/r."""
+    return {"1": 1.0, "1/sqrt(r)": 1.0 / math.sqrt(rank), "1/r": 1.0 / rank}[canonical_alpha_rule(rule)]
+
+
+def is_published(init: str, rule: str) -> bool:
+    """False for the rules this project derived (Init[B] with α ≠ 1): docs/theory.md §5.1."""
+    return not (_init(init) == "B" and canonical_alpha_rule(rule) != "1")
+
+
+def _gamma(rule: Any) -> float:
+    return ALPHA_RULES[canonical_alpha_rule(rule)]
 
 
 def _pair(value: Any, name: str, symbol: str) -> tuple[int, int] | None:
@@ -133,17 +163,17 @@ def _positive(value: Any, name: str) -> float:
     return out
 
 
-def lr_exponents(init: str = "A", alpha_rule: str = "alpha/r") -> tuple[float, float]:
+def lr_exponents(init: str = "A", alpha_rule: str = "1/r") -> tuple[float, float]:
     """The exponents ``(w, k)`` of the optimal learning rate ``lr ∝ width^w · rank^k``.
 
     Args:
         init: ``"A"`` (Init[A]) or ``"B"`` (Init[B]).
-        alpha_rule: how PEFT's ``lora_alpha`` moves with the rank: ``"alpha/r"``, ``"rslora"`` or
-            ``"1"`` (see the module docstring).
+        alpha_rule: how the multiplier moves with the rank: ``"1/r"``, ``"1/sqrt(r)"`` or ``"1"``
+            (aliases ``"alpha/r"``, ``"rslora"``; see the module docstring).
 
     Returns:
         ``(-1/2, -(1-γ)/2)`` for Init[A]; ``(-1, γ)`` for Init[B] (γ = 0 for ``"1"``: published;
-        otherwise derived, see the module docstring).
+        otherwise derived here, see the module docstring).
 
     Example:
         >>> lr_exponents("A", "1")
@@ -161,14 +191,14 @@ def suggest_lr(
     width: tuple[int, int] | None = None,
     rank: tuple[int, int] | None = None,
     init: str = "A",
-    alpha_rule: str = "alpha/r",
+    alpha_rule: str = "1/r",
 ) -> float:
     """Transfer a learning rate tuned at (width n0, rank r0) to (n1, r1).
 
     ``lr1 = lr · (n1/n0)^w · (r1/r0)^k`` with ``(w, k) = lr_exponents(init, alpha_rule)``:
     Init[A]: ``w = -1/2``, ``k = -(1-γ)/2``; Init[B]: ``w = -1``, ``k = γ`` (``k = 0`` published
-    for ``alpha_rule="1"``; ``"rslora"``/``"alpha/r"`` use the derived rule lr ~ 1/(α n), see the
-    module docstring). The rules are about orders of magnitude: sweep around the result.
+    for ``alpha_rule="1"``; ``"1/sqrt(r)"``/``"1/r"`` use the rule lr ~ 1/(α n) derived here, see
+    the module docstring). The rules are about orders of magnitude: sweep around the result.
 
     Args:
         lr: the learning rate tuned at (n0, r0) (for LoRA+, the rate of ``lora_A``), finite and > 0.
@@ -176,9 +206,9 @@ def suggest_lr(
             width; None keeps the width.
         rank: ``(r0, r1)``, the LoRA rank where ``lr`` was tuned and the target rank; None keeps it.
         init: ``"A"`` (Init[A]: B = 0, A random; PEFT's default) or ``"B"`` (Init[B]: A = 0).
-        alpha_rule: how ``lora_alpha`` changes with the rank: ``"alpha/r"`` (fixed lora_alpha,
-            PEFT's default usage), ``"rslora"`` (fixed lora_alpha, ``use_rslora=True``) or ``"1"``
-            (lora_alpha ∝ r, a constant multiplier).
+        alpha_rule: how the multiplier changes with the rank: ``"1/r"`` (alias ``"alpha/r"``: fixed
+            lora_alpha, PEFT's default usage), ``"1/sqrt(r)"`` (alias ``"rslora"``: fixed lora_alpha,
+            ``use_rslora=True``) or ``"1"`` (lora_alpha ∝ r, a constant multiplier).
 
     Returns:
         The suggested learning rate at (n1, r1).
@@ -215,7 +245,7 @@ def suggest_lr_ratio(
 ) -> float:
     """Transfer a LoRA+ ratio λ = lr_b / lr_a tuned at width n0 to width n1: λ ∝ n.
 
-    LoRA+ (arXiv 2402.12354, papers.md §3.2 [C]): ``lr_a ∝ n^-1`` and ``lr_b ∝ 1``, so the optimal
+    LoRA+ (arXiv 2402.12354, docs/theory.md §3): ``lr_a ∝ n^-1`` and ``lr_b ∝ 1``, so the optimal
     ratio grows linearly with width; the one-step argument gives the same order for Init[A] and
     Init[B]. The rank dependence of λ is not published and not modelled.
 
@@ -262,7 +292,7 @@ def lr_rules_table() -> pd.DataFrame:
 
     Columns: ``quantity`` (``"lr"`` or ``"lr_ratio"``), ``init``, ``alpha_rule``, ``peft_config``,
     ``gamma``, ``width_exponent``, ``rank_exponent``, ``rule`` (e.g. ``"n^-1/2 · r^-1/4"``),
-    ``published`` (False for the derived [D] rows) and ``source``.
+    ``published`` (False for the rules derived here, docs/theory.md §5.1) and ``source``.
     """
     import pandas as pd
 
@@ -282,7 +312,7 @@ def lr_rules_table() -> pd.DataFrame:
                     "width_exponent": w_exp,
                     "rank_exponent": r_exp,
                     "rule": rule,
-                    "published": "[D]" not in source,
+                    "published": is_published(init, alpha_rule),
                     "source": source,
                 }
             )
@@ -298,7 +328,7 @@ def lr_rules_table() -> pd.DataFrame:
                 "rank_exponent": float("nan"),
                 "rule": "n",
                 "published": True,
-                "source": "papers.md §3.2 [C]",
+                "source": "arXiv 2402.12354",
             }
         )
     return pd.DataFrame(rows)

@@ -6,8 +6,8 @@ One generic mechanism serves every ``*Spec`` in the package:
   coercing each value from the field's annotation and rejecting unknown keys with one line that
   lists the valid ones.
 * ``spec_to_dict(spec)`` is its inverse (plain, YAML-safe data).
-* ``load_spec(cls, path, overrides)`` / ``save_spec(spec, path)`` read and write YAML;
-  ``apply_overrides(data, ["a.b=1", ...])`` applies dotted ``key=value`` overrides.
+* ``load_spec(cls, path, overrides)`` / ``save_spec(spec, path)`` read and write YAML (dotted
+  ``key=value`` overrides: :mod:`loradyn.overrides`).
 
 Cross-field checks live in each spec's ``__post_init__`` (local invariants) or in the function
 that uses the values.
@@ -27,14 +27,13 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import SpecError
+from .overrides import apply_overrides
 
 T = TypeVar("T")
 
 __all__ = [
-    "apply_overrides",
     "load_spec",
     "load_yaml",
-    "parse_override_value",
     "save_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -185,40 +184,6 @@ def spec_to_dict(spec: Any) -> Any:
     if isinstance(spec, Mapping):
         return {str(k): spec_to_dict(v) for k, v in spec.items()}
     return spec
-
-
-def parse_override_value(text: str) -> Any:
-    """Parse the value side of ``key=value`` as YAML (``4`` -> 4, ``[1,2]`` -> list, ``A`` -> 'A')."""
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
-    import copy
-
-    out = copy.deepcopy(dict(data))
-    for item in overrides:
-        if "=" not in item:
-            raise SpecError(f"override {item!r} is not of the form key=value (e.g. optim.lr_a=1e-3)")
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        if not key:
-            raise SpecError(f"override {item!r} has an empty key")
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = {}
-                node[part] = nxt
-            if not isinstance(nxt, dict):
-                raise SpecError(f"override {key!r}: {part!r} is not a section")
-            node = nxt
-        node[parts[-1]] = parse_override_value(raw)
-    return out
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import LoradynError, SpecError
-from .serialize import apply_overrides, load_yaml, save_spec, spec_from_dict, spec_to_dict
+from .overrides import apply_overrides
+from .serialize import load_yaml, save_spec, spec_from_dict, spec_to_dict
 
 __all__ = ["PEFT_NAMES", "LoraSpec", "OptimSpec"]
 

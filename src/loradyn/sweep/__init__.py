@@ -1,10 +1,14 @@
 """Learning-rate sweeps as a product: YAML specs, a resumable SQLite store, executors.
 
-* :mod:`~loradyn.sweep.spec` — ``SweepSpec``, ``log2`` grids, deterministic expansion, trial ids.
-* :mod:`~loradyn.sweep.protocol` — the ``Task`` protocol through which workloads plug in.
-* :mod:`~loradyn.sweep.store` — the sweep directory's SQLite store; ``load_results`` & co.
+* :mod:`~loradyn.sweep.spec` — ``SweepSpec``, deterministic expansion, trial ids, packs.
+* :mod:`~loradyn.sweep.store` — the sweep directory's SQLite store (claims, leases, results).
+* :mod:`~loradyn.sweep.tables` — reading it back: ``load_results``, ``load_curves``, ``load_probes``.
+* :mod:`~loradyn.sweep.jobs` — a pack as a unit of work, run anywhere.
 * :mod:`~loradyn.sweep.executors` / :mod:`~loradyn.sweep.ray_backend` — serial, process, ray.
 * :mod:`~loradyn.sweep.runner` — ``run_sweep``.
+
+Task kinds plug in through :mod:`loradyn.tasks.registry` (one :class:`~loradyn.tasks.TaskKind`
+record per kind); the sweep engine holds no list of kinds.
 
 Example:
     >>> df = run_sweep("sweep.yaml", "runs/my-sweep", executor="process")   # doctest: +SKIP
@@ -13,14 +17,15 @@ Example:
 
 from __future__ import annotations
 
-from .protocol import Task, TrialResult, get_task, register_task
+from ..overrides import log2_grid
+from ..tasks.registry import TaskKind, TrialResult, get_task, register_task
 from .runner import run_sweep
-from .spec import SweepSpec, Trial, expand, log2_grid, resolve_sweep
-from .store import load_curves, load_probes, load_results
+from .spec import SweepSpec, Trial, expand, resolve_sweep
+from .tables import load_curves, load_probes, load_results
 
 __all__ = [
     "SweepSpec",
-    "Task",
+    "TaskKind",
     "Trial",
     "TrialResult",
     "expand",

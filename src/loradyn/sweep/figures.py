@@ -2,8 +2,8 @@
 
 :class:`SweepView` decides which columns of any sweep's table play which role (the learning rate
 on the x axis, the series drawn as lines, the facets drawn as panels); the functions below hand
-the matching columns to the generic analysis and plotting functions. Diverged trials (status
-``diverged`` or a non-finite metric) count as +inf loss there.
+the matching columns to the one analysis and the one set of plots. Trials that did not finish
+(status other than ``done``) or whose metric is not finite count as the worst value there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class SweepView:
     """Which columns of a results table play which role in the figures.
 
     Attributes:
-        df: the results table (``metric`` made float; non-finite values -> NaN in ``value``).
+        df: the results table (with a panel column added).
         metric, mode: the ranked metric and ``min``/``max``.
         lr: the learning-rate column on the x axis (``optim.lr_a`` when it varies), or None.
         series: columns that distinguish lines within a panel (``lora.init``, ``optim.lr_ratio``).
@@ -60,10 +60,6 @@ class SweepView:
         skip = {lr, "optim.lr_b", *series}
         facets = [c for c in varying if c not in skip]
         df = df.copy()
-        if metric is not None:
-            value = pd.to_numeric(df[metric], errors="coerce").astype(float)
-            df["value"] = value.where(np.isfinite(value))
-            df["diverged"] = df["status"].eq("diverged") | value.isin([np.inf, -np.inf])
         if len(facets) == 1:  # keep the values (numeric panels sort numerically)
             df[_panel_name(facets)] = df[facets[0]]
         else:
@@ -103,33 +99,20 @@ def _label(cols: list[str], key: tuple) -> str:
 
 
 def optimal_lr_table(view: SweepView) -> pd.DataFrame:
-    """Per facet and series: the best learning rate of the seed-mean metric.
+    """Per facet and series: the optimal learning rate of the seed-mean metric
+    (:func:`loradyn.analysis.optimal_lr`; refined by a parabola when lower is better).
 
-    ``mode="min"`` uses :func:`loradyn.analysis.optimal_lr` (a learning rate where some seed
-    diverged is never optimal; the grid argmin is refined by a parabola in (log2 lr, log10 metric);
-    ``edge`` flags an optimum at the grid's end). ``mode="max"`` takes the grid argmax of the
-    seed mean. Columns: facet and series columns, ``lr_grid_opt``, ``lr_opt``, ``log2_lr_opt``,
-    the metric's optimum, ``edge``.
+    Columns: facet and series columns, ``lr_grid_opt``, ``lr_opt``, ``log2_lr_opt``, the metric's
+    best seed mean (named after the metric), its seed std, ``n_seeds``, ``edge``.
     """
     if view.lr is None or view.metric is None:
         return pd.DataFrame()
-    by = view.facets + view.series
-    if view.mode == "min":
-        from ..analysis import optimal_lr
+    from ..analysis import optimal_lr
 
-        table = optimal_lr(view.df, by, lr=view.lr, loss=view.metric, diverged="diverged")
-        table = table.rename(columns={"loss_opt": view.metric})
-        return table[[*by, "lr_grid_opt", "lr_opt", "log2_lr_opt", view.metric, "edge"]]
-    rows = []
-    for key, group in view.groups(by):
-        means = group.groupby(view.lr)["value"].mean().dropna()
-        if means.empty:
-            continue
-        lr = float(means.idxmax())
-        edge = "low" if lr == means.index.min() else "high" if lr == means.index.max() else ""
-        rows.append({**dict(zip(by, key)), "lr_grid_opt": lr, "lr_opt": lr, "log2_lr_opt": math.log2(lr),
-                     view.metric: float(means.max()), "edge": edge})
-    return pd.DataFrame(rows)
+    by = view.facets + view.series
+    table = optimal_lr(view.df, by, lr=view.lr, metric=view.metric, mode=view.mode, refine=view.mode == "min")
+    table = table.rename(columns={"metric_opt": view.metric, "metric_opt_std": f"{view.metric}_std"})
+    return table[[*by, "lr_grid_opt", "lr_opt", "log2_lr_opt", view.metric, f"{view.metric}_std", "n_seeds", "edge"]]
 
 
 def best_pair_table(view: SweepView) -> pd.DataFrame:
@@ -141,7 +124,7 @@ def best_pair_table(view: SweepView) -> pd.DataFrame:
     from ..analysis import best_pair
 
     by = view.facets + [c for c in view.series if c != "optim.lr_ratio"]
-    return best_pair(view.df, by, lr_a=axes_cols[0], lr_b=axes_cols[1], loss=view.metric, diverged="diverged")
+    return best_pair(view.df, by, lr_a=axes_cols[0], lr_b=axes_cols[1], metric=view.metric)
 
 
 def _best_trials(view: SweepView) -> dict[tuple, list[str]]:
@@ -163,16 +146,17 @@ def _best_trials(view: SweepView) -> dict[tuple, list[str]]:
 
 def metric_vs_lr(view: SweepView):
     """Seed-mean metric vs learning rate, a line per series, min-max seed band, a panel per facet."""
-    from ..plots import plot_loss_vs_lr
+    from ..plots import plot_metric_vs_lr
 
     panel = view.panel
     df = view.df[view.df[panel].isin(list(dict.fromkeys(view.df[panel]))[:MAX_PANELS])]
-    optimum = optimal_lr_table(view) if view.mode == "min" else None
-    if optimum is not None and not optimum.empty and view.facets:
+    optimum = optimal_lr_table(view)
+    if not optimum.empty and view.facets:
         optimum = optimum.assign(**{panel: optimum[view.facets[0]] if len(view.facets) == 1 else
                                     [_panel_value(tuple(r)) for r in optimum[view.facets].itertuples(index=False)]})
-    return plot_loss_vs_lr(df, lr=view.lr, loss=view.metric, hue=view.series,
-                           panel=panel if view.facets else None, optimum=optimum)
+    return plot_metric_vs_lr(df, lr=view.lr, metric=view.metric, mode=view.mode, hue=view.series,
+                             panel=panel if view.facets else None, optimum=optimum,
+                             logy=view.mode == "min")
 
 
 def lr_heatmaps(view: SweepView):
@@ -188,7 +172,7 @@ def lr_heatmaps(view: SweepView):
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = _plt().subplots(nrows, ncols, figsize=(5 * ncols, 4.2 * nrows), squeeze=False)
     for ax, (key, group) in zip(axes.flat, panels):
-        plot_lr_heatmap(group, lr_a=axes_cols[0], lr_b=axes_cols[1], loss=view.metric, ax=ax, title=_label(by, key))
+        plot_lr_heatmap(group, lr_a=axes_cols[0], lr_b=axes_cols[1], metric=view.metric, ax=ax, title=_label(by, key))
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()

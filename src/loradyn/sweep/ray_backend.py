@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LoradynError
-from .executors import PackJob, PackOutcome, execute_pack, one_line
+from .jobs import PackJob, PackOutcome, execute_pack, one_line
 
 __all__ = ["RayExecutor"]
 

@@ -24,14 +24,17 @@ from typing import Any
 import yaml
 
 from ..errors import LoradynError
+from ..tasks.registry import TaskKind, get_task, task_module
 from .env import environment
-from .executors import EXECUTORS, PackJob, PackOutcome, make_executor
+from .executors import EXECUTORS, make_executor
+from .jobs import PackJob, PackOutcome
+from .leases import new_owner
 from .progress import Progress
-from .protocol import get_task, task_module
 from .spec import SweepSpec, expand, plan_packs, resolve_sweep
-from .store import FINISHED, Claim, SweepStore, new_owner
+from .store import FINISHED, Claim, SweepStore
+from .tables import results_frame
 
-__all__ = ["run_sweep"]
+__all__ = ["run_sweep", "validate_inputs"]
 
 POLL_SECONDS = 0.25
 
@@ -112,13 +115,13 @@ def _check_workers(executor: str, workers: int | None) -> None:
         raise LoradynError(f"workers must be an integer >= 1, got {workers!r}")
 
 
-def _validate_inputs(task: Any, packs: Sequence[Any]) -> None:
-    """Let a task reject bad input (missing data, targets matching nothing) before any training.
+def validate_inputs(task: TaskKind, packs: Sequence[Any]) -> None:
+    """Let a kind reject bad input (missing data, targets matching nothing) before any training.
 
-    ``validate(config)`` is an optional method of a task; it is called once per distinct pack key
-    and raises ``LoradynError`` (one line, exit code 2) for input that no trial could run on.
+    The kind's optional ``validate(config)`` is called once per distinct pack key and raises
+    ``LoradynError`` (one line, exit code 2) for input that no trial could run on.
     """
-    validate = getattr(task, "validate", None)
+    validate = task.validate
     if validate is None:
         return
     seen: set[Any] = set()
@@ -167,7 +170,7 @@ def run_sweep(
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
     packs = plan_packs(task, trials)
-    _validate_inputs(task, packs)
+    validate_inputs(task, packs)
     pack_of = {t.trial_id: p.pack_id for p in packs for t in p.trials}
     ids = [t.trial_id for t in trials]
 
@@ -195,7 +198,7 @@ def run_sweep(
             configs = {t.trial_id: t.config for t in trials}
             _drive(store, sweep, configs, ids, statuses, executor,
                    n_workers if executor != "ray" else workers, ray_address, quiet, env)
-        df = store.results(ids)
+        df = results_frame(store, ids)
     finally:
         store.close()
     df.attrs["out"] = str(out)
@@ -218,12 +221,7 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
     executor = None
     clean = False
     try:
-        if executor_name == "ray":
-            from .ray_backend import RayExecutor
-
-            executor = RayExecutor(workers, ray_address, quiet=quiet)
-        else:
-            executor = make_executor(executor_name, workers or 1)
+        executor = make_executor(executor_name, workers, ray_address, quiet=quiet)
         in_flight: dict[Any, Claim] = {}
         while True:
             while len(in_flight) < executor.capacity:

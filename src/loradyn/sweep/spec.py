@@ -27,15 +27,15 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SpecError
-from ..serialize import load_yaml, parse_override_value, spec_from_dict, spec_to_dict
-from .protocol import Task, get_task
+from ..overrides import axis_values, log2_grid, parse_overrides, set_dotted
+from ..serialize import load_yaml, spec_from_dict, spec_to_dict
+from ..tasks.registry import TaskKind, get_task
 
 __all__ = [
     "Pack",
@@ -105,39 +105,6 @@ class Pack:
     trials: tuple[Trial, ...]
 
 
-def log2_grid(lo: float, hi: float, step: float = 0.5) -> list[float]:
-    """``[2**lo, 2**(lo+step), ..., 2**hi]`` (inclusive; exponents rounded to 1e-9)."""
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi, step)):
-        raise SpecError(f"log2 grid needs three numbers [lo, hi, step], got {[lo, hi, step]!r}")
-    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or step <= 0 or hi < lo:
-        raise SpecError(f"log2 grid [lo, hi, step] needs lo <= hi and step > 0, got {[lo, hi, step]!r}")
-    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-    if n > 10_000:
-        raise SpecError(f"log2 grid {[lo, hi, step]!r} has {n} points; use a larger step")
-    return [2.0 ** round(lo + i * step, 9) for i in range(n)]
-
-
-def _axis_values(key: str, value: Any) -> list[Any]:
-    """The values of one grid axis: a non-empty list, or ``{log2: [lo, hi, step]}``."""
-    if isinstance(value, Mapping):
-        if set(value) != {"log2"}:
-            raise SpecError(
-                f"grid.{key}: a mapping must be {{log2: [lo, hi, step]}}, got keys {sorted(value)}"
-            )
-        spec = value["log2"]
-        if not isinstance(spec, (list, tuple)) or len(spec) not in (2, 3):
-            raise SpecError(f"grid.{key}: log2 needs [lo, hi] or [lo, hi, step], got {spec!r}")
-        try:
-            return log2_grid(*spec)
-        except SpecError as err:
-            raise SpecError(f"grid.{key}: {err}") from None
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise SpecError(f"grid.{key} is an empty list; give at least one value")
-        return list(value)
-    raise SpecError(f"grid.{key}: expected a list of values or {{log2: [lo, hi, step]}}, got {value!r}")
-
-
 def _seeds(value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
@@ -153,19 +120,6 @@ def _seeds(value: Any) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise SpecError(f"seeds has duplicates: {list(value)!r}")
     return tuple(out)
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise SpecError(f"{where}: {key!r} is not a dotted key like optim.lr_a")
-    node = data
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise SpecError(f"{where}: {key!r}: {part!r} is not a section")
-        node = nxt
-    node[parts[-1]] = value
 
 
 def resolve_sweep(
@@ -208,12 +162,7 @@ def resolve_sweep(
     grid = {str(k): v for k, v in grid.items()}
     top = {k: data.get(k) for k in _TOP_KEYS if data.get(k) is not None}
 
-    for item in overrides:
-        if not isinstance(item, str) or "=" not in item:
-            raise SpecError(f"override {item!r} is not of the form key=value (e.g. optim.lr_a=1e-3)")
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        value = parse_override_value(raw)
+    for key, value in parse_overrides(overrides):
         if key in _TOP_KEYS:
             top[key] = value
             continue
@@ -221,7 +170,7 @@ def resolve_sweep(
         if key in grid:
             grid[key] = value if isinstance(value, (list, tuple, Mapping)) else [value]
         else:
-            _set_dotted(base, key, value, "override")
+            set_dotted(base, key, value)
 
     task = base.get("task")
     if not isinstance(task, Mapping) or not isinstance(task.get("kind"), str):
@@ -232,7 +181,7 @@ def resolve_sweep(
             raise SpecError("grid.seed: use the top-level 'seeds' list for seeds")
         if key.split(".")[0] == "task" and key.endswith(".kind"):
             raise SpecError("grid.task.kind: one sweep runs one task; write one sweep per task")
-        expanded[key] = _axis_values(key, value)
+        expanded[key] = axis_values(key, value)
     name = top.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"name must be a non-empty string, got {name!r}")
@@ -256,7 +205,7 @@ def config_id(data: Any, kind: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def expand(spec: SweepSpec, task: Task | None = None) -> list[Trial]:
+def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
     """All trials of ``spec`` in a deterministic order: grid product (last key fastest), then seeds.
 
     Every trial is validated with ``spec_from_dict(task.spec_cls, ...)``; duplicates (equal
@@ -270,7 +219,7 @@ def expand(spec: SweepSpec, task: Task | None = None) -> list[Trial]:
         for seed in spec.seeds:
             data = copy.deepcopy(spec.base)
             for key, value in zip(keys, point):
-                _set_dotted(data, key, copy.deepcopy(value), f"grid.{key}")
+                set_dotted(data, key, copy.deepcopy(value), f"grid.{key}")
             data["seed"] = seed
             config = spec_from_dict(task.spec_cls, data)
             resolved = spec_to_dict(config)
@@ -282,7 +231,7 @@ def expand(spec: SweepSpec, task: Task | None = None) -> list[Trial]:
     return trials
 
 
-def plan_packs(task: Task, trials: Sequence[Trial]) -> list[Pack]:
+def plan_packs(task: TaskKind, trials: Sequence[Trial]) -> list[Pack]:
     """Group trials by ``task.pack_key`` (first-appearance order) and chunk by ``max_pack_size``."""
     groups: dict[Any, list[Trial]] = {}
     for trial in trials:
@@ -291,7 +240,7 @@ def plan_packs(task: Task, trials: Sequence[Trial]) -> list[Pack]:
     for members in groups.values():
         size = int(task.max_pack_size(members[0].config))
         if size < 1:
-            raise SpecError(f"task {type(task).__name__}.max_pack_size returned {size}; it must be >= 1")
+            raise SpecError(f"task {task.kind!r}: max_pack_size returned {size}; it must be >= 1")
         for start in range(0, len(members), size):
             chunk = tuple(members[start : start + size])
             digest = hashlib.sha256(",".join(t.trial_id for t in chunk).encode()).hexdigest()[:16]

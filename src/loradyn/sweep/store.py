@@ -24,32 +24,25 @@ Concurrency and crashes:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import socket
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LoradynError
+from .leases import owner_alive
 
-__all__ = [
-    "DB_NAME",
-    "Claim",
-    "SweepStore",
-    "find_stores",
-    "load_curves",
-    "load_probes",
-    "load_results",
-    "new_owner",
-]
+__all__ = ["DB_NAME", "FINISHED", "SCHEMA_VERSION", "Claim", "SweepStore", "transaction"]
 
 DB_NAME = "sweep.db"
 FINISHED = ("done", "diverged", "failed")
+#: The layout of the tables below; a store records it in ``meta.schema_version``. Stores written
+#: before versioning have this same layout (version 1).
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,43 +77,6 @@ CREATE TABLE IF NOT EXISTS probes (
 CREATE INDEX IF NOT EXISTS probes_trial ON probes (trial_id);
 """
 
-# owners created by this interpreter that are still running (see _owner_alive)
-_LIVE_OWNERS: set[str] = set()
-
-
-def new_owner() -> str:
-    """A fresh lease-owner id ``host:pid:token`` for one run."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    _LIVE_OWNERS.add(owner)
-    return owner
-
-
-def _owner_alive(owner: str) -> bool:
-    """False only when ``owner`` is certainly dead: a process of this host that no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True  # another machine: trust the lease expiry
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return owner in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @dataclass(frozen=True)
 class Claim:
     """Trials of one pack that a run now holds: ids and their config JSON, in expansion order."""
@@ -128,6 +84,35 @@ class Claim:
     pack: str
     trial_ids: tuple[str, ...]
     configs: tuple[dict[str, Any], ...]
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; on any error (the COMMIT's own included) roll back if
+    SQLite has not already done so, and re-raise the original error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """One line when the store was written by a loradyn with another store layout."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: not written by loradyn at all
+        raise LoradynError(f"{str(path)!r} is not a loradyn sweep store (no meta table)") from None
+    version = int(row[0]) if row and str(row[0]).isdigit() else SCHEMA_VERSION
+    if version != SCHEMA_VERSION:
+        raise LoradynError(
+            f"{str(path)!r} was written with sweep-store schema version {version}, this loradyn reads "
+            f"version {SCHEMA_VERSION}: use the loradyn version that wrote it, or a new --out"
+        )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -172,7 +157,9 @@ class SweepStore:
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
+        _check_schema(conn, directory / DB_NAME)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         return cls(directory / DB_NAME, conn)
 
     @classmethod
@@ -184,7 +171,9 @@ class SweepStore:
             if not directory.exists():
                 raise LoradynError(f"{str(directory)!r} does not exist")
             raise LoradynError(f"no sweep store in {str(directory)!r} (expected {DB_NAME}; run loradyn sweep first)")
-        return cls(path, _connect(path))
+        conn = _connect(path)
+        _check_schema(conn, path)
+        return cls(path, conn)
 
     @property
     def directory(self) -> Path:
@@ -196,6 +185,10 @@ class SweepStore:
     def reader(self) -> SweepStore:
         """A second connection to the same database (for another thread)."""
         return SweepStore(self.path, _connect(self.path))
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of a read-only query (for :mod:`loradyn.sweep.tables`)."""
+        return self._conn.execute(sql, params).fetchall()
 
     # ---- metadata ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -217,9 +210,7 @@ class SweepStore:
     # ---- trials -----------------------------------------------------------------------------
     def add_trials(self, rows: Iterable[tuple[str, str, dict[str, Any]]]) -> int:
         """Insert ``(trial_id, pack, config)`` rows not yet present; returns how many were new."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as conn:
             start = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM trials").fetchone()[0]
             before = conn.total_changes
             for i, (tid, pack, config) in enumerate(rows):
@@ -227,24 +218,19 @@ class SweepStore:
                     "INSERT OR IGNORE INTO trials (trial_id, idx, pack, config) VALUES (?, ?, ?, ?)",
                     (tid, start + i, pack, json.dumps(config)),
                 )
-            added = conn.total_changes - before
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return added
+            return conn.total_changes - before
 
     def reset_failed(self, trial_ids: Sequence[str]) -> int:
         """Put ``failed`` trials among ``trial_ids`` back to ``pending`` (``--retry-failed``)."""
         wanted = set(trial_ids)
-        ids = [r[0] for r in self._conn.execute("SELECT trial_id FROM trials WHERE status = 'failed'") if r[0] in wanted]
-        self._conn.execute("BEGIN IMMEDIATE")
-        for tid in ids:
-            self._conn.execute(
-                "UPDATE trials SET status = 'pending', error = NULL, metrics = NULL WHERE trial_id = ? AND status = 'failed'",
-                (tid,),
-            )
-        self._conn.execute("COMMIT")
+        with transaction(self._conn) as conn:
+            ids = [r[0] for r in conn.execute("SELECT trial_id FROM trials WHERE status = 'failed'") if r[0] in wanted]
+            for tid in ids:
+                conn.execute(
+                    "UPDATE trials SET status = 'pending', error = NULL, metrics = NULL "
+                    "WHERE trial_id = ? AND status = 'failed'",
+                    (tid,),
+                )
         return len(ids)
 
     def statuses(self, trial_ids: Iterable[str] | None = None) -> dict[str, str]:
@@ -259,9 +245,7 @@ class SweepStore:
 
         Claimable: ``pending``, or ``running`` with an expired lease or a dead owner.
         """
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as conn:
             now = time.time()
             rows = conn.execute(
                 "SELECT trial_id, pack, config, status, lease_owner, lease_expires FROM trials "
@@ -275,12 +259,11 @@ class SweepStore:
                 if owner_ is None or expires is None or expires < now:
                     return True
                 if owner_ not in alive:
-                    alive[owner_] = _owner_alive(owner_)
+                    alive[owner_] = owner_alive(owner_)
                 return not alive[owner_]
 
             chosen = [r for r in rows if r[0] in trial_ids and claimable(r[3], r[4], r[5])]
             if not chosen:
-                conn.execute("COMMIT")
                 return None
             pack = chosen[0][1]
             chosen = [r for r in chosen if r[1] == pack]
@@ -290,10 +273,6 @@ class SweepStore:
                     "attempts = attempts + 1, started_at = ? WHERE trial_id = ?",
                     (owner, now + lease_seconds, now, r[0]),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return Claim(pack, tuple(r[0] for r in chosen), tuple(json.loads(r[2]) for r in chosen))
 
     def renew(self, owner: str, lease_seconds: float) -> None:
@@ -317,9 +296,7 @@ class SweepStore:
         Each result: ``trial_id, status, metrics, error, seconds, curves, probes``.
         Returns the number of trials written.
         """
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as conn:
             written = 0
             now = time.time()
             for res in results:
@@ -357,107 +334,4 @@ class SweepStore:
                             for p in res["probes"]
                         ],
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return written
-
-    # ---- reading ----------------------------------------------------------------------------
-    def results(self, trial_ids: Sequence[str] | None = None):
-        """One row per trial (expansion order): ``trial_id``, config columns, ``seed``, ``status``,
-        metric columns, ``error``, ``seconds``."""
-        import pandas as pd
-
-        from .spec import flatten
-
-        rows = self._conn.execute(
-            "SELECT trial_id, config, status, metrics, error, seconds FROM trials ORDER BY idx"
-        ).fetchall()
-        if trial_ids is not None:
-            order = {tid: i for i, tid in enumerate(trial_ids)}
-            rows = sorted((r for r in rows if r[0] in order), key=lambda r: order[r[0]])
-        records, config_cols, metric_cols = [], {}, {}
-        for tid, config, status, metrics, error, seconds in rows:
-            flat = flatten(json.loads(config))
-            seed = flat.pop("seed", None)
-            if "optim.lr_a" in flat and "optim.lr_ratio" in flat and "optim.lr_b" not in flat:
-                try:
-                    flat["optim.lr_b"] = flat["optim.lr_a"] * flat["optim.lr_ratio"]
-                except TypeError:
-                    pass
-            values = json.loads(metrics) if metrics else {}
-            config_cols.update(dict.fromkeys(flat))
-            metric_cols.update(dict.fromkeys(values))
-            records.append({"trial_id": tid, **flat, "seed": seed, "status": status, **values,
-                            "error": error, "seconds": seconds})
-        reserved = {"trial_id", "seed", "status", "error", "seconds"}
-        columns = ["trial_id", *config_cols, "seed", "status",
-                   *[m for m in metric_cols if m not in reserved and m not in config_cols], "error", "seconds"]
-        return pd.DataFrame.from_records(records, columns=columns)
-
-    def table(self, name: str):
-        import pandas as pd
-
-        columns = {"curves": ["trial_id", "step", "metric", "value"],
-                   "probes": ["trial_id", "step", "module", "feature", "stat", "value"]}[name]
-        rows = self._conn.execute(f"SELECT {', '.join(columns)} FROM {name} ORDER BY rowid").fetchall()
-        return pd.DataFrame.from_records(rows, columns=columns)
-
-
-def find_stores(directory: str | Path) -> list[Path]:
-    """Sweep directories at or below ``directory`` (itself first if it holds a store)."""
-    directory = Path(directory)
-    if (directory / DB_NAME).is_file():
-        return [directory]
-    if not directory.is_dir():
-        raise LoradynError(f"{str(directory)!r} does not exist or is not a directory")
-    found = sorted(p.parent for p in directory.rglob(DB_NAME))
-    if not found:
-        raise LoradynError(f"no sweep store in {str(directory)!r} or below (expected {DB_NAME}; run loradyn sweep first)")
-    return found
-
-
-def _load(directory: str | Path, what: str, with_config: bool = True):
-    import pandas as pd
-
-    frames = []
-    stores = find_stores(directory)
-    for sweep_dir in stores:
-        store = SweepStore.open(sweep_dir)
-        try:
-            results = store.results()
-            frame = results if what == "results" else store.table(what)
-            if what != "results" and with_config:
-                keep = list(results.columns[: list(results.columns).index("seed") + 1])
-                frame = frame.merge(results[keep], on="trial_id", how="left")
-        finally:
-            store.close()
-        if len(stores) > 1 or Path(directory) != sweep_dir:
-            frame.insert(0, "sweep", str(sweep_dir.relative_to(directory)) or ".")
-        frames.append(frame)
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-
-
-def load_results(directory: str | Path):
-    """The results table of the sweep in ``directory`` (one row per trial), as a DataFrame.
-
-    Columns: ``trial_id``, the flattened configuration (``task.width``, ``lora.init``,
-    ``optim.lr_a``, ... and the derived ``optim.lr_b``), ``seed``, ``status``, the metrics,
-    ``error``, ``seconds``. If ``directory`` holds no store but has sweep directories below it
-    (``loradyn reproduce all``), their tables are concatenated with a leading ``sweep`` column.
-
-    Raises:
-        LoradynError: no sweep store at or below ``directory``.
-    """
-    return _load(directory, "results")
-
-
-def load_curves(directory: str | Path, *, with_config: bool = True):
-    """Curve records (``trial_id, step, metric, value``), joined with each trial's configuration."""
-    return _load(directory, "curves", with_config)
-
-
-def load_probes(directory: str | Path, *, with_config: bool = True):
-    """Probe records (``trial_id, step, module, feature, stat, value``), joined with the configuration."""
-    return _load(directory, "probes", with_config)

@@ -2,8 +2,8 @@
 
 ``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))``: frozen random "pretrained" weights, a teacher
 with a random rank-r* adapter, a student that trains its own rank-r adapter from Init[A] or
-Init[B] with full-batch Adam. :func:`run_pack` trains many configurations at once; importing this
-package registers the ``synthetic`` task with the sweep engine.
+Init[B] with full-batch Adam. :func:`run_pack` trains many configurations at once;
+the sweep engine's ``synthetic`` kind is :mod:`loradyn.tasks.kinds.synthetic`.
 
 Example:
     >>> from loradyn.synthetic import SyntheticSpec, run_pack
@@ -29,14 +29,13 @@ from .spec import (
     SyntheticTrainSpec,
     alpha_value,
 )
-from .task import SyntheticTask, chunk_size, run_pack, seconds_per_step
+from .task import chunk_size, max_pack_size, pack_key, run_pack, seconds_per_step
 
 __all__ = [
     "ALPHA_RULES",
     "FrozenParts",
     "SyntheticLoraSpec",
     "SyntheticSpec",
-    "SyntheticTask",
     "SyntheticTaskSpec",
     "SyntheticTrainSpec",
     "alpha_value",
@@ -45,6 +44,8 @@ __all__ = [
     "eval_loss",
     "frozen_parts",
     "init_student",
+    "max_pack_size",
+    "pack_key",
     "run_pack",
     "seconds_per_step",
     "stream_generator",

@@ -13,7 +13,7 @@ For k live configurations a step is (H = φ(W_in x), G = H W*ᵀ precomputed; ``
 
 The data rows are processed in blocks (:func:`block_rows`) so the (k, rows, n) block of P stays in
 cache and H, G are streamed once per step for all k configurations. No autograd and no per-step
-allocation of (k, N, n) tensors (performance.md §5). Every operation is row- or batch-separable,
+allocation of (k, N, n) tensors (the hot loop stays in cache). Every operation is row- or batch-separable,
 so a configuration's numbers do not depend on which others share its pack: removing one (e.g.
 when it diverges) leaves the rest bit-for-bit unchanged (tested).
 
@@ -221,7 +221,7 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
     col = lambda vals: torch.tensor(vals, dtype=dtype).view(-1, 1, 1)  # noqa: E731
     alpha = col([c.lora.alpha for c in configs])
     opt_a = _Adam(a, col([c.optim.lr_a for c in configs]), cfg0.optim)
-    opt_b = _Adam(bt, col([c.optim.lr_a * c.optim.lr_ratio for c in configs]), cfg0.optim)
+    opt_b = _Adam(bt, col([c.optim.lr_b for c in configs]), cfg0.optim)
     engine = _Pass(frozen, k, r)
 
     live = list(range(k))  # original index of each live row

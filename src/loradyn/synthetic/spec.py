@@ -1,4 +1,4 @@
-"""``SyntheticSpec``: one trial of the teacher–student LoRA model (arXiv 2406.08447, §6.1 of the notes).
+"""``SyntheticSpec``: one trial of the teacher–student LoRA model (arXiv 2406.08447; docs/theory.md §7).
 
 The model is ``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))`` with φ = ReLU. Every knob is a field
 with a documented default; a trial is built with :func:`loradyn.serialize.spec_from_dict`, so unknown
@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import SpecError
+from ..errors import LoradynError, SpecError
+from ..scaling import ALPHA_RULES, alpha_value, canonical_alpha_rule
 from ..serialize import spec_from_dict, spec_to_dict
 from ..specs import OptimSpec
 
@@ -31,21 +32,6 @@ __all__ = [
     "SyntheticTrainSpec",
     "alpha_value",
 ]
-
-AlphaRule = Literal["1", "1/sqrt(r)", "1/r"]
-ALPHA_RULES = ("1", "1/sqrt(r)", "1/r")
-
-
-def alpha_value(rule: str, rank: int) -> float:
-    """The LoRA multiplier α of ``W* + α·B·A`` for a rule: ``1``, ``1/sqrt(r)`` (rsLoRA) or ``1/r``."""
-    if rule == "1":
-        return 1.0
-    if rule == "1/sqrt(r)":
-        return 1.0 / math.sqrt(rank)
-    if rule == "1/r":
-        return 1.0 / rank
-    raise SpecError(f"lora.alpha_rule {rule!r} is not one of {', '.join(ALPHA_RULES)}")
-
 
 def _positive_int(value: object, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -96,7 +82,8 @@ class SyntheticLoraSpec:
         rank: r.
         init: ``"A"`` = Init[A] (B = 0, A random) or ``"B"`` = Init[B] (A = 0, B random).
         alpha_rule: the multiplier α of ``α·B·A``: ``"1"``, ``"1/sqrt(r)"`` or ``"1/r"`` (μA's
-            α = r^-γ with γ = 0, 1/2, 1).
+            α = r^-γ with γ = 0, 1/2, 1; aliases ``"rslora"``, ``"alpha/r"``: the vocabulary of
+            :mod:`loradyn.scaling`).
         distribution: ``"gaussian"`` (default: A ~ N(0, 1/n), B ~ N(0, 1/r), as in the papers) or
             ``"kaiming_uniform"`` (PEFT's U(±1/sqrt(fan_in)), variance 1/(3 fan_in)).
         std_a, std_b: explicit standard deviations of the random factor (``None``: the default).
@@ -105,13 +92,17 @@ class SyntheticLoraSpec:
     method: Literal["lora", "full"] = "lora"
     rank: int = 4
     init: Literal["A", "B"] = "A"
-    alpha_rule: AlphaRule = "1"
+    alpha_rule: str = "1"
     distribution: Literal["gaussian", "kaiming_uniform"] = "gaussian"
     std_a: float | None = None
     std_b: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int(self.rank, "lora.rank")
+        try:
+            object.__setattr__(self, "alpha_rule", canonical_alpha_rule(self.alpha_rule))
+        except LoradynError as err:
+            raise SpecError(f"lora.alpha_rule: {err}") from None
         for name in ("std_a", "std_b"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):

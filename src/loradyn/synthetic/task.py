@@ -1,6 +1,6 @@
 """The synthetic task for the sweep engine: pack keys, pack sizes and ``run_pack``.
 
-Registered as ``kind: synthetic`` with :func:`loradyn.sweep.protocol.register_task`.
+The ``synthetic`` kind's record (:mod:`loradyn.tasks.kinds.synthetic`) calls these functions.
 
 * ``pack_key``: trials that can share the frozen precomputation and one batched loop — same task
   (width, data, teacher, *effective* data seed), method, rank, dtype, step count and recording
@@ -20,12 +20,12 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from ..serialize import spec_from_dict
-from ..sweep.protocol import TrialResult, register_task
+from ..tasks.registry import TrialResult
 from .data import frozen_parts
 from .engine import ChunkOutcome, train_full, train_lora_chunk
 from .spec import SyntheticSpec
 
-__all__ = ["PACK_SECONDS", "SyntheticTask", "chunk_size", "run_pack"]
+__all__ = ["PACK_SECONDS", "chunk_size", "max_pack_size", "pack_key", "run_pack", "seconds_per_step"]
 
 PACK_SECONDS = 20.0  # target work per pack (s, one core)
 _MAX_PACK = 64
@@ -77,7 +77,6 @@ def _as_spec(config: Any) -> SyntheticSpec:
 
 def _result(out: ChunkOutcome, config: SyntheticSpec, seconds: float) -> TrialResult:
     metrics = dict(out.metrics)
-    metrics["lr_b"] = config.optim.lr_a * config.optim.lr_ratio
     metrics["alpha"] = 1.0 if config.lora.method == "full" else config.lora.alpha
     return TrialResult(
         status="diverged" if out.status == "diverged" else "done",
@@ -138,26 +137,17 @@ def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[Tri
     return (results, params) if return_params else results
 
 
-class SyntheticTask:
-    """The ``synthetic`` task (see the module docstring)."""
-
-    kind = "synthetic"
-    spec_cls = SyntheticSpec
-
-    def pack_key(self, config: SyntheticSpec) -> Hashable:
-        return _key(_as_spec(config))
-
-    def max_pack_size(self, config: SyntheticSpec) -> int:
-        c = _as_spec(config)
-        per_config = c.train.steps * seconds_per_step(c.task.width, c.lora.rank, c.task.n_train, c.lora.method)
-        if c.lora.method == "full":
-            return max(1, min(_MAX_PACK, int(PACK_SECONDS / per_config)))
-        chunk = chunk_size(c.task.width, c.lora.rank, c.task.n_train)
-        n_chunks = max(1, int(PACK_SECONDS / (per_config * chunk)))
-        return max(chunk, min(_MAX_PACK, chunk * n_chunks))
-
-    def run_pack(self, configs: Sequence[SyntheticSpec]) -> list[TrialResult]:
-        return run_pack(configs)
+def pack_key(config: Any) -> Hashable:
+    """Trials with equal keys share a pack (see the module docstring)."""
+    return _key(_as_spec(config))
 
 
-register_task("synthetic", SyntheticTask)
+def max_pack_size(config: Any) -> int:
+    """About :data:`PACK_SECONDS` of work, in whole chunks (at most 64 configurations)."""
+    c = _as_spec(config)
+    per_config = c.train.steps * seconds_per_step(c.task.width, c.lora.rank, c.task.n_train, c.lora.method)
+    if c.lora.method == "full":
+        return max(1, min(_MAX_PACK, int(PACK_SECONDS / per_config)))
+    chunk = chunk_size(c.task.width, c.lora.rank, c.task.n_train)
+    n_chunks = max(1, int(PACK_SECONDS / (per_config * chunk)))
+    return max(chunk, min(_MAX_PACK, chunk * n_chunks))

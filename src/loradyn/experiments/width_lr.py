@@ -9,7 +9,7 @@ the grid beyond that edge (up to ``max_extend`` times), so the optimum ends up i
 flagged. The centring only saves compute: the verdicts read the measured optima and compare them
 with the theory's exponents (:data:`EXPONENT`), never with the grid centres.
 
-Verdicts (tolerances from the reproduction notes, papers.md §6.2):
+Verdicts (tolerances: docs/theory.md §8):
 
 * slope of log2 η* vs log2 n over n ≥ 256 is −0.5 ± 0.15 (Init[A]) and −1.0 ± 0.15 (Init[B]);
 * η*_A > η*_B at every width ≥ 512;
@@ -21,26 +21,16 @@ Verdicts (tolerances from the reproduction notes, papers.md §6.2):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import pandas as pd
 
 from ..analysis import fit_log2_slope, optimal_lr
-from .common import (
-    Context,
-    Verdict,
-    base_config,
-    finish,
-    fmt_lr,
-    half_octaves,
-    resolve_params,
-    results_table,
-    run_grid,
-)
+from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .grids import base_config, half_octaves, run_grid
 
 ID = "width-lr"
-DESCRIPTION = "optimal lr vs width, Init[A] vs Init[B]: slopes -1/2 and -1 (2406.08447)"
+INIT, WIDTH, LR = "lora.init", "task.width", "optim.lr_a"
 
 # the theory's exponents of the optimal lr in width (the claims under test)
 EXPONENT = {"A": -0.5, "B": -1.0}
@@ -80,10 +70,22 @@ FULL = Params()
 QUICK = Params(widths=(128, 512, 2048), seeds=2, steps=100, lr_step=1.0, span=3.0, max_extend=1, fit_min_width=128)
 
 
+@dataclass(frozen=True)
+class WidthOptima:
+    """What ``width-lr`` hands to later experiments: the optimum per (init, width), at ``steps``."""
+
+    optima: pd.DataFrame
+    steps: int
+
+
 def expected_log2_lr(init: str, width: int) -> float:
     """Where the grid for (init, width) is centred (log2 lr)."""
     anchor, per_doubling = GRID_CENTRE[init]
     return anchor + per_doubling * math.log2(width / 128)
+
+
+def optima(results: pd.DataFrame) -> pd.DataFrame:
+    return optimal_lr(results, by=[INIT, WIDTH], lr=LR)
 
 
 def sweep_optima(ctx: Context, p: Params, base: dict, name: str = "width-lr") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -95,47 +97,49 @@ def sweep_optima(ctx: Context, p: Params, base: dict, name: str = "width-lr") ->
             for lr in half_octaves(expected_log2_lr(init, n) - p.span, expected_log2_lr(init, n) + p.span, p.lr_step)
         })
         b = {**base, "task": {**base["task"], "width": n}}
-        frames.append(run_grid(ctx, f"{name}-n{n}", b, {"lora.init": list(p.inits), "optim.lr_a": lrs}, p.seeds))
-    results = results_table(pd.concat(frames, ignore_index=True), ID)
-    opt = optimal_lr(results, by=["init", "width"], lr="lr_a")
+        frames.append(run_grid(ctx, f"{name}-n{n}", b, {INIT: list(p.inits), LR: lrs}, p.seeds))
+    results = results_frame(frames, ID)
+    opt = optima(results)
     for round_ in range(p.max_extend):
         todo = opt[opt["edge"].isin(["low", "high"])]
         if todo.empty:
             break
-        for _, row in todo.iterrows():
-            n, init = int(row["width"]), str(row["init"])
-            have = results[(results["width"] == n) & (results["init"] == init)]["lr_a"]
+        for row in todo.to_dict("records"):
+            n, init = int(row[WIDTH]), str(row[INIT])
+            have = results[(results[WIDTH] == n) & (results[INIT] == init)][LR]
             lo, hi = math.log2(have.min()), math.log2(have.max())
-            new = half_octaves(lo - 2.0, lo - p.lr_step, p.lr_step) if row["edge"] == "low" else half_octaves(hi + p.lr_step, hi + 2.0, p.lr_step)
+            if row["edge"] == "low":
+                new = half_octaves(lo - 2.0, lo - p.lr_step, p.lr_step)
+            else:
+                new = half_octaves(hi + p.lr_step, hi + 2.0, p.lr_step)
             ctx.say(f"  {init} n={n}: optimum on the {row['edge']} edge; extending the grid by 2 octaves")
             b = {**base, "task": {**base["task"], "width": n}}
-            df = run_grid(ctx, f"{name}-n{n}-{init}-ext{round_ + 1}", b, {"lora.init": [init], "optim.lr_a": new}, p.seeds)
-            results = pd.concat([results, results_table(df, ID)], ignore_index=True)
-        opt = optimal_lr(results, by=["init", "width"], lr="lr_a")
+            df = run_grid(ctx, f"{name}-n{n}-{init}-ext{round_ + 1}", b, {INIT: [init], LR: new}, p.seeds)
+            results = pd.concat([results, results_frame([df], ID)], ignore_index=True)
+        opt = optima(results)
     return results, opt
 
 
-def run(ctx: Context) -> dict:
-    t0 = time.perf_counter()
-    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+def run(ctx: Context) -> Outcome:
+    p = ctx.params
     base = base_config(ctx, train={"steps": p.steps})
     results, opt = sweep_optima(ctx, p, base)
-    ctx.shared["width-lr"] = {"optima": opt, "steps": p.steps}
 
-    fit_rows = opt[(opt["width"] >= p.fit_min_width) & opt["lr_opt"].notna()]
-    fits = fit_log2_slope(fit_rows, "width", "lr_opt", by="init")
+    fit_rows = opt[(opt[WIDTH] >= p.fit_min_width) & opt["lr_opt"].notna()]
+    fits = fit_log2_slope(fit_rows, WIDTH, "lr_opt", by=INIT)
     verdicts = []
     for init in p.inits:
-        f = fits[fits["init"] == init]
+        f = fits[fits[INIT] == init]
         slope = float(f["slope"].iloc[0]) if len(f) else math.nan
+        stderr = float(f["stderr"].iloc[0]) if len(f) else math.nan
         expected = EXPONENT.get(init, math.nan)
         verdicts.append(Verdict(
             claim=f"Init[{init}]: optimal lr ∝ n^{expected:g} (slope of log2 η* vs log2 n, n ≥ {p.fit_min_width})",
             expected=f"{expected:+.2f} ± {SLOPE_TOL}",
-            measured=f"{slope:+.2f}" + (f" ± {float(f['stderr'].iloc[0]):.2f}" if len(f) and math.isfinite(f['stderr'].iloc[0]) else ""),
+            measured=f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
             holds=math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
         ))
-    wide = opt.pivot(index="width", columns="init", values="lr_opt")
+    wide = opt.pivot(index=WIDTH, columns=INIT, values="lr_opt")
     if {"A", "B"} <= set(wide.columns):
         big = wide[wide.index >= 512]
         gap = [f"n={n}: ×{a / b:.1f}" for n, a, b in zip(big.index, big["A"], big["B"])]
@@ -145,32 +149,38 @@ def run(ctx: Context) -> dict:
             holds=bool(len(big)) and bool((big["A"] > big["B"]).all()),
         ))
         ratio = pd.DataFrame({"width": wide.index, "ratio": wide["A"] / wide["B"]})
-        rfit = fit_log2_slope(ratio, "width", "ratio")
-        rslope = float(rfit["slope"].iloc[0])
+        rslope = float(fit_log2_slope(ratio, "width", "ratio")["slope"].iloc[0])
         verdicts.append(Verdict(
             claim="the ratio η*_A/η*_B grows with width (∝ n^1/2)",
-            expected=f"slope +0.50 ± {RATIO_TOL}", measured=f"{rslope:+.2f} (×{ratio['ratio'].iloc[0]:.1f} → ×{ratio['ratio'].iloc[-1]:.1f})",
+            expected=f"slope +0.50 ± {RATIO_TOL}",
+            measured=f"{rslope:+.2f} (×{ratio['ratio'].iloc[0]:.1f} → ×{ratio['ratio'].iloc[-1]:.1f})",
             holds=math.isfinite(rslope) and abs(rslope - 0.5) <= RATIO_TOL,
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
     verdicts.append(Verdict(
         claim="every optimum is interior to its lr grid",
         expected="no optimum on a grid edge",
-        measured="all interior" if edges.empty else "; ".join(f"{r.init} n={r.width}: {r.edge}" for r in edges.itertuples()),
+        measured="all interior" if edges.empty else "; ".join(
+            f"{r[INIT]} n={r[WIDTH]}: {r['edge']}" for r in edges.to_dict("records")),
         holds=edges.empty,
     ))
 
-    from ..plots import plot_loss_vs_lr, plot_optimal_lr_vs_width
+    from ..plots import plot_metric_vs_lr, plot_optimal_lr_vs_width
 
     figures = {
         "optimal_lr_vs_width": plot_optimal_lr_vs_width(opt, fits=fits, title="optimal lr vs width"),
-        "loss_vs_lr": plot_loss_vs_lr(results, optimum=opt, title="final train loss vs lr"),
+        "loss_vs_lr": plot_metric_vs_lr(results, hue=INIT, panel=WIDTH, optimum=opt, title="final train loss vs lr"),
     }
     summary = {
-        "params": p,
-        "optimal_lr": opt.assign(lr_opt_log2=lambda d: d["log2_lr_opt"]).drop(columns=["log2_lr_opt"]),
+        "optimal_lr": opt,
         "slopes": fits,
-        "optimal_lr_table": {f"{r.init}@{r.width}": fmt_lr(r.lr_opt) for r in opt.itertuples()},
-        "verdicts": verdicts,
+        "optimal_lr_table": {f"{r[INIT]}@{r[WIDTH]}": fmt_lr(r["lr_opt"]) for r in opt.to_dict("records")},
     }
-    return finish(ctx, results, summary, figures, t0)
+    return Outcome(results, summary, figures, verdicts, product=WidthOptima(opt, p.steps))
+
+
+EXPERIMENT = Experiment(
+    id=ID,
+    description="optimal lr vs width, Init[A] vs Init[B]: slopes -1/2 and -1 (2406.08447)",
+    params=Params, quick=QUICK, full=FULL, run=run, order=10, in_all=True,
+)

@@ -10,8 +10,8 @@ import yaml
 
 import sweep_toy
 from loradyn.errors import LoradynError
-from loradyn.sweep.protocol import get_task
 from loradyn.sweep.spec import config_id, expand, flatten, log2_grid, plan_packs, resolve_sweep
+from loradyn.tasks.registry import get_task
 
 
 def test_log2_grid_inclusive_and_exact():

@@ -1,4 +1,5 @@
-"""``loradyn.repro``: tiny end-to-end runs of every experiment on the sweep engine, and bad input."""
+"""``loradyn.experiments``: the registry, tiny end-to-end runs of every synthetic experiment on the
+sweep engine, the results schema, and bad input."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pandas as pd
 import pytest
 
 from loradyn.errors import LoradynError
-from loradyn.repro import EXPERIMENTS, reproduce
-from loradyn.repro.common import RESULT_COLUMNS
+from loradyn.experiments import experiments, reproduce
+
+SYNTHETIC = [e.id for e in experiments().values() if e.in_all]
+# the results schema (docs/schema.md): these lead, then the trial's configuration columns
+LEADING = ["experiment", "sweep", "trial_id"]
 
 pytest.importorskip("matplotlib")
 
@@ -24,7 +28,8 @@ TINY_PARAMS = {
 
 def check_outputs(out, experiment):
     df = pd.read_csv(out / "results.csv")
-    assert list(df.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    assert list(df.columns[:3]) == LEADING and list(df.columns[-2:]) == ["error", "seconds"]
+    assert {"task.width", "lora.init", "optim.lr_a", "optim.lr_b", "seed", "status", "final_train_loss"} <= set(df.columns)
     assert (df["experiment"] == experiment).all() and len(df) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"], "every experiment states verdicts"
@@ -34,22 +39,32 @@ def check_outputs(out, experiment):
     return df, summary
 
 
-@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+def test_registry_lists_every_experiment_in_order():
+    found = experiments()
+    assert SYNTHETIC == ["width-lr", "feature-norms", "loraplus-heatmap", "rank-lr"]
+    assert list(found) == [*SYNTHETIC, "sentiment-init", "trec6-init", "wiki-init", "gsm-init"]
+    for exp in found.values():
+        assert exp.description and exp.quick is not None and exp.full is not None
+        assert type(exp.quick) is exp.params and type(exp.full) is exp.params
+
+
+@pytest.mark.parametrize("experiment", SYNTHETIC)
 def test_each_experiment_runs_end_to_end(experiment, tmp_path, capsys):
     summary = reproduce(experiment, out=tmp_path, seeds=1, overrides=TINY + TINY_PARAMS[experiment], executor="serial")
     df, written = check_outputs(tmp_path, experiment)
     assert written["verdicts"] == summary["verdicts"]
     assert "holds" in capsys.readouterr().out  # the verdict table is printed
     if experiment == "rank-lr":
-        assert set(df["init"]) == {"A", "B", "full"}
-        assert ((df["lr_b"] / df["lr_a"]).round(9) == 4).all()  # base overrides reach every trial
-        assert set(df.loc[df["init"] == "A", "alpha_rule"]) == {"1", "1/sqrt(r)", "1/r"}
+        assert set(df["lora.method"]) == {"lora", "full"} and set(df["lora.init"]) == {"A", "B"}
+        assert ((df["optim.lr_b"] / df["optim.lr_a"]).round(9) == 4).all()  # base overrides reach every trial
+        lora_a = (df["lora.init"] == "A") & (df["lora.method"] == "lora")
+        assert set(df.loc[lora_a, "lora.alpha_rule"]) == {"1", "1/sqrt(r)", "1/r"}
     if experiment == "feature-norms":  # given learning rates are used as given
         rates = summary["learning_rates"]
         assert {v["source"] for v in rates.values()} == {"given"}
-        assert rates["A@32"]["lr"] == 0.01 and set(df.loc[df["init"] == "B", "lr_a"]) == {0.002}
+        assert rates["A@32"]["lr"] == 0.01 and set(df.loc[df["lora.init"] == "B", "optim.lr_a"]) == {0.002}
     if experiment == "loraplus-heatmap":
-        assert (df["lr_b"] > df["lr_a"]).any() and (df["lr_b"] == df["lr_a"]).any()
+        assert (df["optim.lr_b"] > df["optim.lr_a"]).any() and (df["optim.lr_b"] == df["optim.lr_a"]).any()
 
 
 def test_rerun_resumes_without_retraining(tmp_path):
@@ -66,8 +81,8 @@ def test_all_runs_in_order_and_feature_norms_reuses_width_lr(tmp_path):
         "experiment.width=32", "experiment.ranks=[1,4]", "experiment.lr_a_span=1.0", "experiment.ratio_log2=[0,2]",
     ]
     combined = reproduce("all", out=tmp_path, seeds=1, overrides=overrides, executor="serial", quiet=True)
-    assert list(combined["experiments"]) == list(EXPERIMENTS)
-    for eid in EXPERIMENTS:
+    assert list(combined["experiments"]) == SYNTHETIC
+    for eid in SYNTHETIC:
         check_outputs(tmp_path / eid, eid)
     sources = {v["source"] for v in combined["experiments"]["feature-norms"]["learning_rates"].values()}
     assert sources == {"width-lr"}
@@ -76,7 +91,8 @@ def test_all_runs_in_order_and_feature_norms_reuses_width_lr(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(experiment_id="width"), "valid ids: width-lr, feature-norms, loraplus-heatmap, rank-lr, all"),
+    (dict(experiment_id="width"), "valid ids: width-lr, feature-norms, loraplus-heatmap, rank-lr, sentiment-init, "
+                                  "trec6-init, wiki-init, gsm-init, all"),
     (dict(experiment_id="width-lr", overrides=["experiment.widthz=[1]"]), "unknown key experiment.widthz"),
     (dict(experiment_id="width-lr", overrides=["lora.rnak=3"]), "unknown key lora.rnak"),
     (dict(experiment_id="width-lr", overrides=["lora.init=C"]), "lora.init"),

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from loradyn.errors import SpecError
-from loradyn.sweep.protocol import get_task
 from loradyn.synthetic import SyntheticSpec, init_student, run_pack, teacher_weights
+from loradyn.tasks.registry import get_task
 
 RTOL = 1e-5  # the bound; measured ~1e-12 in float64
 

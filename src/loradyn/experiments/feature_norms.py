@@ -1,46 +1,38 @@
 """``feature-norms``: Z_A and Z_B over training at a small and a large width (arXiv 2406.08447, Fig. "feature norms").
 
 Protocol: at n ∈ {128, 8192}, each init trains at its *own* optimal learning rate — taken from
-``width-lr`` when it ran before in the same ``reproduce all`` or sits next to the output directory
-(``<out>/../width-lr/summary.json``, same steps), or given with
+``width-lr`` when it ran before in the same ``reproduce all`` (its :class:`WidthOptima`) or sits
+next to the output directory (``<out>/../width-lr/summary.json``, same steps), or given with
 ``experiment.lr_A=…``/``experiment.lr_B=…``, or else found here with a small half-octave sweep
 (the same protocol as ``width-lr``: seed-mean, parabola-refined). Then ≥ 3 seeds per init record
 the data-averaged RMS and L2 norms of Z_A = A·φ(W_in x) (r-dim) and Z_B = B·Z_A (n-dim, before α)
 every few steps, and the train loss every step.
 
-Verdicts (papers.md §6.2; final step, seed means):
+Verdicts (docs/theory.md §8; final step, seed means):
 
 * RMS(Z_A) is larger under Init[A] than under Init[B] at every width, by ≥ 2× at the largest
   ("much larger");
 * under Init[A], RMS(Z_A) grows ∝ n^1/2: the exponent log(ratio)/log(width ratio) is 0.5 ± 0.25
-  (finite widths undershoot: the notes' pilot measured 0.40 between 128 and 8192);
+  (finite widths undershoot: a pilot run measured 0.40 between 128 and 8192);
 * under Init[B], RMS(Z_A) stays Θ(1): exponent 0 ± 0.25;
 * the final train loss is lower under Init[A] at every width.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import time
 from dataclasses import dataclass
 
 import pandas as pd
 
+from ..analysis import seed_stats
 from . import width_lr
-from .common import (
-    Context,
-    Verdict,
-    base_config,
-    finish,
-    fmt_lr,
-    load_sweep_records,
-    resolve_params,
-    results_table,
-    run_grid,
-)
+from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .grids import base_config, load_sweep_records, run_grid
+from .width_lr import INIT, WIDTH, WidthOptima
 
 ID = "feature-norms"
-DESCRIPTION = "Z_A/Z_B norms over training at n=128 and 8192, each init at its optimal lr (2406.08447)"
 EXP_TOL = 0.25
 
 
@@ -72,16 +64,14 @@ FULL = Params()
 QUICK = Params(widths=(128, 2048), seeds=2, steps=100, record_every=5, tune_span=2.0, tune_step=1.0)
 
 
-def _width_lr_on_disk(ctx: Context) -> dict | None:
+def _width_lr_on_disk(ctx: Context) -> WidthOptima | None:
     """A finished ``width-lr`` next to this output directory (``<out>/../width-lr/summary.json``)."""
-    import json
-
     path = ctx.out.parent / "width-lr" / "summary.json"
     try:
         summary = json.loads(path.read_text())
         optima = pd.DataFrame(summary["optimal_lr"])
         optima["lr_opt"] = pd.to_numeric(optima["lr_opt"], errors="coerce")
-        return {"optima": optima, "steps": int(summary["params"]["steps"])}
+        return WidthOptima(optima, int(summary["params"]["steps"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -90,14 +80,14 @@ def _optima(ctx: Context, p: Params, base: dict) -> dict[tuple[str, int], tuple[
     """(init, width) -> (learning rate, where it came from)."""
     given = {"A": p.lr_A, "B": p.lr_B}
     out: dict[tuple[str, int], tuple[float, str]] = {}
-    shared = ctx.shared.get("width-lr") or _width_lr_on_disk(ctx)
+    known = ctx.product(WidthOptima) or _width_lr_on_disk(ctx)
     for init in ("A", "B"):
         for n in p.widths:
             if given[init] is not None:
                 out[(init, n)] = (float(given[init]), "given")
-            elif shared is not None and shared["steps"] == p.steps:
-                o = shared["optima"]
-                hit = o[(o["init"] == init) & (o["width"] == n)]
+            elif known is not None and known.steps == p.steps:
+                o = known.optima
+                hit = o[(o[INIT] == init) & (o[WIDTH] == n)]
                 if len(hit) and math.isfinite(float(hit["lr_opt"].iloc[0])):
                     out[(init, n)] = (float(hit["lr_opt"].iloc[0]), "width-lr")
     missing = sorted({n for init in ("A", "B") for n in p.widths if (init, n) not in out})
@@ -109,14 +99,13 @@ def _optima(ctx: Context, p: Params, base: dict) -> dict[tuple[str, int], tuple[
         )
         ctx.say(f"  tuning the learning rate at n = {list(missing)} ({p.tune_seeds} seeds)")
         _, opt = width_lr.sweep_optima(ctx, tp, base, name="feature-norms-tune")
-        for r in opt.itertuples():
-            out.setdefault((r.init, int(r.width)), (float(r.lr_opt), "tuned"))
+        for r in opt.to_dict("records"):
+            out.setdefault((r[INIT], int(r[WIDTH])), (float(r["lr_opt"]), "tuned"))
     return out
 
 
-def run(ctx: Context) -> dict:
-    t0 = time.perf_counter()
-    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+def run(ctx: Context) -> Outcome:
+    p = ctx.params
     base = base_config(ctx, train={"steps": p.steps})
     lrs = _optima(ctx, p, base)
     frames, probes, curves = [], [], []
@@ -128,18 +117,19 @@ def run(ctx: Context) -> dict:
                  "optim": {**base["optim"], "lr_a": lr},
                  "train": {**base["train"], "record_every": p.record_every, "curve_every": 1}}
             frames.append(run_grid(ctx, name, b, {}, p.seeds))
-            pr, cu = load_sweep_records(ctx, name, "probes"), load_sweep_records(ctx, name, "curves")
-            probes.append(pr.assign(init=init, width=n))
-            curves.append(cu.assign(init=init, width=n))
-    results = results_table(pd.concat(frames, ignore_index=True), ID)
+            probes.append(load_sweep_records(ctx, name, "probes"))
+            curves.append(load_sweep_records(ctx, name, "curves"))
+    results = results_frame(frames, ID)
+    results.insert(results.columns.get_loc("error"), "lr_source",
+                   [lrs[(i, w)][1] for i, w in zip(results[INIT], results[WIDTH])])
     probes = pd.concat(probes, ignore_index=True)
     curves = pd.concat(curves, ignore_index=True)
 
     last = probes[probes["step"] == probes["step"].max()]
-    final = last.groupby(["init", "width", "feature", "stat"])["value"].mean().reset_index()
+    final = last.groupby([INIT, WIDTH, "feature", "stat"])["value"].mean().reset_index()
 
     def val(init, n, feature, stat="rms"):
-        v = final[(final["init"] == init) & (final["width"] == n) & (final["feature"] == feature) & (final["stat"] == stat)]
+        v = final[(final[INIT] == init) & (final[WIDTH] == n) & (final["feature"] == feature) & (final["stat"] == stat)]
         return float(v["value"].iloc[0]) if len(v) else math.nan
 
     lo, hi = min(p.widths), max(p.widths)
@@ -160,7 +150,7 @@ def run(ctx: Context) -> dict:
             measured=f"{e:+.2f} ({val(init, lo, 'z_a'):.2f} → {val(init, hi, 'z_a'):.2f})",
             holds=math.isfinite(e) and abs(e - expected) <= EXP_TOL,
         ))
-    loss = results.groupby(["init", "width"])["final_train_loss"].mean()
+    loss = seed_stats(results, [INIT, WIDTH], metric="final_train_loss").set_index([INIT, WIDTH])["mean"]
     lower = {n: (loss.get(("A", n), math.nan), loss.get(("B", n), math.nan)) for n in p.widths}
     verdicts.append(Verdict(
         claim="the final train loss is lower under Init[A] (each at its optimal lr)",
@@ -175,14 +165,15 @@ def run(ctx: Context) -> dict:
         "feature_norms_rms": plot_feature_norms(probes, curves, stat="rms", title="RMS of Z_A, Z_B and train loss"),
         "feature_norms_l2": plot_feature_norms(probes, None, stat="l2", title="L2 norms of Z_A, Z_B"),
     }
-    results["lr_source"] = [lrs[(i, w)][1] for i, w in zip(results["init"], results["width"])]
     summary = {
-        "params": p,
         "learning_rates": {f"{i}@{n}": {"lr": lr, "log2": fmt_lr(lr), "source": src} for (i, n), (lr, src) in lrs.items()},
         "final_norms": final,
-        "verdicts": verdicts,
     }
-    return finish(ctx, results, summary, figures, t0)
+    return Outcome(results, summary, figures, verdicts)
 
 
-__all__ = ["DESCRIPTION", "FULL", "ID", "Params", "QUICK", "run"]
+EXPERIMENT = Experiment(
+    id=ID,
+    description="Z_A/Z_B norms over training at n=128 and 8192, each init at its optimal lr (2406.08447)",
+    params=Params, quick=QUICK, full=FULL, run=run, order=20, in_all=True,
+)

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from loradyn.errors import LoradynError
-from loradyn.sweep.store import SweepStore, find_stores, load_results, new_owner
+from loradyn.sweep.leases import new_owner
+from loradyn.sweep.store import SweepStore
+from loradyn.sweep.tables import find_stores, load_results, record_table, results_frame
 
 
 def _store(tmp_path, n=6, pack_size=2):
@@ -29,7 +31,7 @@ def _result(tid, status="done", value=1.0, **extra):
 def test_add_trials_is_idempotent_and_keeps_order(tmp_path):
     store, ids = _store(tmp_path)
     assert store.add_trials([("t0", "p0", {"seed": 0}), ("t9", "p9", {"seed": 9})]) == 1
-    df = store.results()
+    df = results_frame(store)
     assert list(df["trial_id"]) == ["t0", "t1", "t2", "t3", "t4", "t5", "t9"]
     assert set(df["status"]) == {"pending"}
 
@@ -61,10 +63,10 @@ def test_complete_writes_atomically_only_for_the_lease_holder(tmp_path):
     written = store.complete(a, a, [_result("t0", curves=curves, probes=probes),
                                     _result("t1", "diverged", float("inf"))])
     assert written == 2
-    df = store.results()
+    df = results_frame(store)
     assert list(df["status"][:2]) == ["done", "diverged"]
     assert df["loss"][1] == float("inf")
-    assert len(store.table("curves")) == 2 and len(store.table("probes")) == 1
+    assert len(record_table(store, "curves")) == 2 and len(record_table(store, "probes")) == 1
     # a finished trial is never claimable again
     assert all(c not in ("t0", "t1") for c in store.claim(a, ids, 60).trial_ids)
 
@@ -157,3 +159,63 @@ def test_concurrent_creates_of_one_new_store_all_succeed(tmp_path):
         errors = [e for i in range(40) for e in pool.map(_create_and_close, [tmp_path / f"s{i}"] * 4) if e]
     assert errors == []
     assert sqlite3.connect(tmp_path / "s0" / "sweep.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_records_its_schema_version_and_refuses_another(tmp_path):
+    from loradyn.sweep.store import SCHEMA_VERSION
+
+    store = SweepStore.create(tmp_path)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    store.close()
+    for opener in (SweepStore.open, SweepStore.create):
+        with pytest.raises(LoradynError, match=f"schema version {SCHEMA_VERSION + 1}.*a new --out") as err:
+            opener(tmp_path)
+        assert "\n" not in str(err.value)
+
+
+def test_a_store_from_before_versioning_opens_as_version_1(tmp_path):
+    store = SweepStore.create(tmp_path)
+    store._conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    store.close()
+    SweepStore.open(tmp_path).close()
+    again = SweepStore.create(tmp_path)
+    assert again.get_meta("schema_version") == "1"
+    again.close()
+
+
+def test_a_foreign_sqlite_file_is_one_line(tmp_path):
+    conn = sqlite3.connect(tmp_path / "sweep.db")
+    conn.execute("CREATE TABLE other (x)")
+    conn.close()
+    with pytest.raises(LoradynError, match="not a loradyn sweep store"):
+        SweepStore.open(tmp_path)
+
+
+def test_a_failing_transaction_rolls_back_everything(tmp_path):
+    store, ids = _store(tmp_path, n=4, pack_size=2)
+    owner = new_owner()
+    claim = store.claim(owner, ids, 60)
+    good = _result(claim.trial_ids[0], curves=[{"step": 1, "metric": "loss", "value": 1.0}])
+    with pytest.raises(KeyError):
+        store.complete(owner, owner, [good, {"trial_id": claim.trial_ids[1]}])  # the second has no status
+    assert not store._conn.in_transaction
+    assert [store.statuses()[t] for t in claim.trial_ids] == ["running", "running"]  # both rolled back
+    assert record_table(store, "curves").empty
+    assert store.complete(owner, owner, [good]) == 1
+    store.close()
+
+
+def test_transaction_commits_or_rolls_back_and_never_hides_the_error(tmp_path):
+    from loradyn.sweep.store import transaction
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    with transaction(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(RuntimeError, match="boom"):
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (2)")
+            raise RuntimeError("boom")
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,)] and not conn.in_transaction
+    conn.close()

@@ -1,11 +1,11 @@
-"""``loraplus-heatmap``: the (lr_a, lr_b) landscape of LoRA+ (arXiv 2402.12354, §3.4 of the notes).
+"""``loraplus-heatmap``: the (lr_a, lr_b) landscape of LoRA+ (arXiv 2402.12354).
 
 Protocol: at ≥ 2 widths, both inits, ≥ 3 seeds, a 2-D log2 grid over ``lr_a`` and the ratio
 ``λ = lr_b / lr_a`` (one-octave steps; in (lr_a, lr_b) coordinates a parallelogram that contains
 the diagonal λ = 1 and extends far above it); heatmaps of the seed-mean final train and test loss
 with the diagonal lr_b = lr_a drawn and the best cell starred.
 
-Verdicts (papers.md §6.2):
+Verdicts (docs/theory.md §8):
 
 * the best pair lies above the diagonal (λ* ≥ 2, i.e. at least one grid step) for every
   (width, init);
@@ -17,26 +17,14 @@ Verdicts (papers.md §6.2):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
-import pandas as pd
-
 from ..analysis import best_pair
-from .common import (
-    Context,
-    Verdict,
-    base_config,
-    finish,
-    fmt_lr,
-    half_octaves,
-    resolve_params,
-    results_table,
-    run_grid,
-)
+from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .grids import base_config, half_octaves, run_grid
+from .width_lr import INIT, WIDTH
 
 ID = "loraplus-heatmap"
-DESCRIPTION = "lr_a x lr_b heatmaps at 2 widths: optimum above the diagonal, ratio grows with width (2402.12354)"
 
 # grid placement only: centre of the lr_a axis at n = 128 (log2) and its shift per doubling of n
 # (LoRA+ predicts lr_a* ∝ n^-1 with lr_b* = Θ(1): the near-optimal ridge moves to smaller lr_a and
@@ -72,25 +60,25 @@ FULL = Params()
 QUICK = Params(widths=(128, 512), seeds=2, steps=100, lr_a_span=3.0, ratio_log2=(0.0, 8.0), lr_step=1.0)
 
 
-def run(ctx: Context) -> dict:
-    t0 = time.perf_counter()
-    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+def run(ctx: Context) -> Outcome:
+    p = ctx.params
     base = base_config(ctx, train={"steps": p.steps})
     frames = []
     for n in p.widths:
         centre = ANCHOR_LOG2_LR_A + LR_A_EXPONENT * math.log2(n / 128)
         grid = {
-            "lora.init": list(p.inits),
+            INIT: list(p.inits),
             "optim.lr_a": half_octaves(centre - p.lr_a_span, centre + p.lr_a_span, p.lr_step),
             "optim.lr_ratio": half_octaves(p.ratio_log2[0], p.ratio_log2[1], p.lr_step),
         }
         frames.append(run_grid(ctx, f"loraplus-n{n}", {**base, "task": {**base["task"], "width": n}}, grid, p.seeds))
-    results = results_table(pd.concat(frames, ignore_index=True), ID)
-    best = best_pair(results, by=["init", "width"])
-    best_test = best_pair(results, by=["init", "width"], loss="test_loss")
+    results = results_frame(frames, ID)
+    best = best_pair(results, by=[INIT, WIDTH])
+    best_test = best_pair(results, by=[INIT, WIDTH], metric="test_loss")
+    rows = best.to_dict("records")
 
     verdicts = []
-    above = [(r.init, r.width, r.ratio_opt) for r in best.itertuples()]
+    above = [(r[INIT], r[WIDTH], r["ratio_opt"]) for r in rows]
     verdicts.append(Verdict(
         claim="the optimal (lr_a, lr_b) lies above the diagonal: lr_b > lr_a",
         expected="λ* = lr_b/lr_a ≥ 2 for every (init, width)",
@@ -100,13 +88,13 @@ def run(ctx: Context) -> dict:
     verdicts.append(Verdict(
         claim="the best pair beats the best diagonal pair (standard LoRA, lr_b = lr_a)",
         expected="loss(best) < loss(best diagonal) for every (init, width)",
-        measured=", ".join(f"{r.init} n={r.width}: ×{r.gain:.2f}" for r in best.itertuples()),
+        measured=", ".join(f"{r[INIT]} n={r[WIDTH]}: ×{r['gain']:.2f}" for r in rows),
         holds=bool((best["gain"] > 1).all()),
     ))
     lo, hi = min(p.widths), max(p.widths)
     growth = []
     for init in p.inits:
-        b = best[best["init"] == init].set_index("width")["ratio_opt"]
+        b = best[best[INIT] == init].set_index(WIDTH)["ratio_opt"]
         growth.append((init, float(b[lo]), float(b[hi])))
     verdicts.append(Verdict(
         claim=f"the optimal ratio λ* grows with width (n={lo} → n={hi}; theory ∝ n)",
@@ -114,9 +102,10 @@ def run(ctx: Context) -> dict:
         measured=", ".join(f"{i}: 2^{math.log2(a):.0f} → 2^{math.log2(b):.0f}" for i, a, b in growth),
         holds=all(b > a for _, a, b in growth),
     ))
-    edges = best[best["edge"] != ""]
-    if not edges.empty:
-        ctx.say("  note: the best pair touches the grid border for " + ", ".join(f"{r.init} n={r.width} ({r.edge})" for r in edges.itertuples()))
+    edges = [r for r in rows if r["edge"]]
+    if edges:
+        ctx.say("  note: the best pair touches the grid border for "
+                + ", ".join(f"{r[INIT]} n={r[WIDTH]} ({r['edge']})" for r in edges))
 
     from ..plots import _plt, plot_lr_heatmap
 
@@ -126,15 +115,21 @@ def run(ctx: Context) -> dict:
         fig, axes = plt.subplots(len(p.inits), len(p.widths), figsize=(5 * len(p.widths), 4.2 * len(p.inits)), squeeze=False)
         for i, init in enumerate(p.inits):
             for j, n in enumerate(p.widths):
-                sub = results[(results["init"] == init) & (results["width"] == n)]
-                plot_lr_heatmap(sub, loss=loss, title=f"Init[{init}], n={n}: {loss}", ax=axes[i][j])
+                sub = results[(results[INIT] == init) & (results[WIDTH] == n)]
+                plot_lr_heatmap(sub, metric=loss, title=f"Init[{init}], n={n}: {loss}", ax=axes[i][j])
         fig.tight_layout()
         figures[f"heatmap_{'train' if loss == 'final_train_loss' else 'test'}"] = fig
     summary = {
-        "params": p,
         "best_pairs": best,
         "best_pairs_test": best_test,
-        "best_table": {f"{r.init}@{r.width}": {"lr_a": fmt_lr(r.lr_a_opt), "lr_b": fmt_lr(r.lr_b_opt), "ratio": r.ratio_opt} for r in best.itertuples()},
-        "verdicts": verdicts,
+        "best_table": {f"{r[INIT]}@{r[WIDTH]}": {"lr_a": fmt_lr(r["lr_a_opt"]), "lr_b": fmt_lr(r["lr_b_opt"]),
+                                                  "ratio": r["ratio_opt"]} for r in rows},
     }
-    return finish(ctx, results, summary, figures, t0)
+    return Outcome(results, summary, figures, verdicts)
+
+
+EXPERIMENT = Experiment(
+    id=ID,
+    description="lr_a x lr_b heatmaps at 2 widths: optimum above the diagonal, ratio grows with width (2402.12354)",
+    params=Params, quick=QUICK, full=FULL, run=run, order=30, in_all=True,
+)

@@ -1,4 +1,4 @@
-"""``rank-lr``: optimal learning rate vs LoRA rank under μA (arXiv 2602.06204, §4.3 of the notes).
+"""``rank-lr``: optimal learning rate vs LoRA rank under μA (arXiv 2602.06204, docs/theory.md §4).
 
 Protocol: at a fixed width, ranks r ∈ {1, …, 64}; Init[A] with α ∈ {1, 1/√r, 1/r} and Init[B]
 with α = 1 (the multiplier of ``W* + α·B·A``), plus full finetuning of W* with Adam as the
@@ -10,7 +10,7 @@ log2 r per variant. The teacher's rank stays fixed (``task.teacher_rank``), so o
 changes with r.
 
 Verdicts: slopes −0.5, −0.25, 0, 0 (Init[A] α = 1, 1/√r, 1/r; Init[B] α = 1), each ± 0.15 (the
-tolerance papers.md §6.2 gives the width slopes; μA is asymptotic in n and r jointly and here
+tolerance of the width slopes, docs/theory.md §8; μA is asymptotic in n and r jointly and here
 r/n reaches 1/8, so deviations at the large ranks are expected and reported); Init[B] with α = 1
 has its optimum within 2× of full finetuning (geometric mean over ranks).
 """
@@ -18,27 +18,17 @@ has its optimum within 2× of full finetuning (geometric mean over ranks).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from ..analysis import fit_log2_slope, optimal_lr
-from .common import (
-    Context,
-    Verdict,
-    base_config,
-    finish,
-    fmt_lr,
-    half_octaves,
-    resolve_params,
-    results_table,
-    run_grid,
-)
+from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .grids import base_config, half_octaves, run_grid
+from .width_lr import INIT, LR
 
 ID = "rank-lr"
-DESCRIPTION = "optimal lr vs rank (muA): slopes -1/2, -1/4, 0 (Init[A], alpha=1, 1/sqrt(r), 1/r), 0 (Init[B]) + full FT (2602.06204)"
+RANK, RULE, METHOD = "lora.rank", "lora.alpha_rule", "lora.method"
 
 # (init, alpha_rule) -> the μA exponent of the optimal lr in r (the claims under test)
 VARIANTS = {("A", "1"): -0.5, ("A", "1/sqrt(r)"): -0.25, ("A", "1/r"): 0.0, ("B", "1"): 0.0}
@@ -87,26 +77,25 @@ def _centre(init: str, rule: str, width: int, rank: int) -> float:
     return anchor + WIDTH_SHIFT[init] * math.log2(width / 512) + per_doubling * math.log2(rank / 4)
 
 
-def run(ctx: Context) -> dict:
-    t0 = time.perf_counter()
-    p = resolve_params(Params, QUICK if ctx.quick else FULL, ctx)
+def run(ctx: Context) -> Outcome:
+    p = ctx.params
     base = base_config(ctx, task={"width": p.width}, train={"steps": p.steps})
     frames = []
     for (init, rule) in VARIANTS:
         lrs = sorted({lr for r in p.ranks for lr in half_octaves(_centre(init, rule, p.width, r) - p.span, _centre(init, rule, p.width, r) + p.span, p.lr_step)})
         b = {**base, "lora": {**base["lora"], "init": init, "alpha_rule": rule}}
         name = f"rank-lr-{init}-{rule.replace('/', '_')}"
-        frames.append(run_grid(ctx, name, b, {"lora.rank": list(p.ranks), "optim.lr_a": lrs}, p.seeds))
+        frames.append(run_grid(ctx, name, b, {RANK: list(p.ranks), LR: lrs}, p.seeds))
     if p.full_ft:
         centre = FULL_FT_CENTRE - math.log2(p.width / 512)
         b = {**base, "lora": {**base["lora"], "method": "full"}}
-        frames.append(run_grid(ctx, "rank-lr-full", b, {"optim.lr_a": half_octaves(centre - p.span, centre + p.span, p.lr_step)}, p.seeds))
-    results = results_table(pd.concat(frames, ignore_index=True), ID)
-    lora = results[results["method"] == "lora"].copy()
-    lora["variant"] = [variant_name(i, a) for i, a in zip(lora["init"], lora["alpha_rule"])]
-    opt = optimal_lr(lora, by=["variant", "init", "alpha_rule", "rank"], lr="lr_a")
-    fits = fit_log2_slope(opt, "rank", "lr_opt", by="variant")
-    full_opt = optimal_lr(results[results["method"] == "full"], lr="lr_a") if p.full_ft else None
+        frames.append(run_grid(ctx, "rank-lr-full", b, {LR: half_octaves(centre - p.span, centre + p.span, p.lr_step)}, p.seeds))
+    results = results_frame(frames, ID)
+    lora = results[results[METHOD] == "lora"].copy()
+    lora["variant"] = [variant_name(i, a) for i, a in zip(lora[INIT], lora[RULE])]
+    opt = optimal_lr(lora, by=["variant", INIT, RULE, RANK], lr=LR)
+    fits = fit_log2_slope(opt, RANK, "lr_opt", by="variant")
+    full_opt = optimal_lr(results[results[METHOD] == "full"], lr=LR) if p.full_ft else None
     fft = float(full_opt["lr_opt"].iloc[0]) if full_opt is not None and len(full_opt) else math.nan
 
     verdicts = []
@@ -133,20 +122,26 @@ def run(ctx: Context) -> dict:
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
     if not edges.empty:
-        ctx.say("  note: optimum on a grid edge for " + ", ".join(f"{r.variant} r={r.rank} ({r.edge})" for r in edges.itertuples()))
+        ctx.say("  note: optimum on a grid edge for "
+                + ", ".join(f"{r['variant']} r={r[RANK]} ({r['edge']})" for r in edges.to_dict("records")))
 
-    from ..plots import plot_loss_vs_lr, plot_rank_lr
+    from ..plots import plot_metric_vs_lr, plot_rank_lr
 
     figures = {
         "optimal_lr_vs_rank": plot_rank_lr(opt, reference=fft, fits=fits, title=f"optimal lr vs rank (n={p.width})"),
-        "loss_vs_lr": plot_loss_vs_lr(lora, hue="rank", panel="variant", optimum=opt, title="final train loss vs lr"),
+        "loss_vs_lr": plot_metric_vs_lr(lora, hue=RANK, panel="variant", optimum=opt, title="final train loss vs lr"),
     }
     summary = {
-        "params": p,
         "optimal_lr": opt,
         "slopes": fits,
         "full_ft_optimal_lr": fft,
         "edges": edges,
-        "verdicts": verdicts,
     }
-    return finish(ctx, results, summary, figures, t0)
+    return Outcome(results, summary, figures, verdicts)
+
+
+EXPERIMENT = Experiment(
+    id=ID,
+    description="optimal lr vs rank (muA): slopes -1/2, -1/4, 0 (Init[A], alpha=1, 1/sqrt(r), 1/r), 0 (Init[B]) + full FT (2602.06204)",
+    params=Params, quick=QUICK, full=FULL, run=run, order=40, in_all=True,
+)
