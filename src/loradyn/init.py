@@ -174,6 +174,7 @@ def init_lora_(
     distribution: Distribution = "kaiming_uniform",
     generator: torch.Generator | int | None = None,
     force: bool = False,
+    adapter: str | None = None,
 ) -> int:
     """Re-initialise every LoRA pair in ``model`` in place with Init[A] or Init[B].
 
@@ -191,6 +192,9 @@ def init_lora_(
             Layers are drawn in module order, adapters in name order.
         force: re-initialise adapters whose ``B @ A`` is non-zero (trained adapters). Without it
             such adapters make the call fail before anything is changed.
+        adapter: only the pairs of this adapter (e.g. one adapter of a multi-adapter pack); they
+            are drawn exactly as on a model holding only this adapter, so a pack adapter and a solo
+            run with the same seed start from identical weights.
 
     Returns:
         The number of LoRA pairs re-initialised.
@@ -216,6 +220,11 @@ def init_lora_(
         raise LoradynError(
             "no LoRA layers found in the model: wrap it with peft.get_peft_model(...) or loradyn.apply_lora(...) first"
         )
+    if adapter is not None:
+        names = sorted({h.adapter for h in handles})
+        handles = [h for h in handles if h.adapter == adapter]
+        if not handles:
+            raise LoradynError(f"no LoRA layers of adapter {adapter!r} in the model; its adapters: {', '.join(names)}")
     for h in handles:
         nonzero = not h.delta_is_zero()
         merged = bool(getattr(h.module, "merged", False))

@@ -44,7 +44,6 @@ __all__ = [
     "AdapterPack",
     "add_adapters",
     "adapter_parameters",
-    "init_adapter_",
     "pack_param_groups",
 ]
 
@@ -89,37 +88,6 @@ def _adapter_of(name: str, adapters: Sequence[str]) -> str | None:
 
 
 @torch.no_grad()
-def init_adapter_(
-    model: nn.Module,
-    adapter: str,
-    scheme: str,
-    *,
-    std_a: float | None = None,
-    std_b: float | None = None,
-    distribution: str = "kaiming_uniform",
-    generator: torch.Generator | int | None = None,
-) -> int:
-    """:func:`loradyn.init_lora_` restricted to one adapter.
-
-    Draws layer by layer in module order from ``generator``, exactly as ``init_lora_`` does on a
-    model holding only this adapter, so a pack adapter and a solo run with the same seed start
-    from identical weights.
-
-    Returns:
-        The number of LoRA pairs re-initialised.
-    """
-    gen = make_generator(generator)
-    handles = [h for h in iter_lora_layers(model) if h.adapter == adapter]
-    if not handles:
-        raise LoradynError(f"no LoRA layers of adapter {adapter!r} in the model")
-    for h in handles:
-        init_pair_(
-            h.lora_A, h.lora_B, scheme, fan_in=1 if h.kind == "embedding" else h.in_features,
-            std_a=std_a, std_b=std_b, distribution=distribution, generator=gen,
-        )
-    return len(handles)
-
-
 def pack_param_groups(
     model: nn.Module, settings: Mapping[str, Mapping[str, float]]
 ) -> list[dict[str, Any]]:

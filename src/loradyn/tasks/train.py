@@ -29,7 +29,6 @@ from ..packs import (
     AdapterPack,
     add_adapters,
     clip_grad_norm_per_adapter,
-    init_adapter_,
     pack_param_groups,
 )
 from ..probes import FeatureNormProbe
@@ -109,12 +108,9 @@ def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype
         model = get_peft_model(base, peft_config, adapter_name=names[0])
     if len(names) > 1:
         add_adapters(model, names[1:], peft_config)
-    for name, c in zip(names, configs):
-        kw = dict(std_a=c.lora.std_a, std_b=c.lora.std_b, distribution=c.lora.distribution, generator=c.seed)
-        if len(names) == 1:
-            init_lora_(model, c.lora.init, **kw)
-        else:
-            init_adapter_(model, name, c.lora.init, **kw)
+    for name, c in zip(names, configs):  # one init path for solo runs and packs
+        init_lora_(model, c.lora.init, std_a=c.lora.std_a, std_b=c.lora.std_b, distribution=c.lora.distribution,
+                   generator=c.seed, adapter=name)
         recipe.reset_head(model, name, c.seed)
     prepare_precision(model, first.train)
     return model, names
