@@ -35,9 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .discover import iter_lora_layers
 from .errors import LoradynError
-from .init import init_pair_, make_generator
 from .optim import loraplus_param_groups
 
 __all__ = [
