@@ -226,3 +226,123 @@ def test_setup_gives_an_existing_trainer_adapter_checkpoints(tmp_path):
     trainer.save_model(str(tmp_path / "final"))
     assert (tmp_path / "final" / "adapter_config.json").is_file()
     assert not (tmp_path / "final" / "model.safetensors").exists()
+
+
+# --- the probe callback: per-layer log keys and the table file in output_dir ----------------------
+class _TableAtSave:
+    """Runs after FeatureNormCallback: the steps in feature_norms.csv at each save."""
+
+    def __init__(self, path: Path):
+        from transformers import TrainerCallback
+
+        self.path, self.seen = path, []
+        self.callback = type("Spy", (TrainerCallback,), {"on_save": lambda _, args, state, control, **kw: self.read(state)})()
+
+    def read(self, state):
+        import pandas as pd
+
+        frame = pd.read_csv(self.path)
+        self.seen.append((state.global_step, sorted(set(frame["step"]))))
+
+
+def test_probe_callback_logs_every_layer_and_writes_the_table_at_each_save(tmp_path):
+    """Before: only layer means were logged, and no table file was written."""
+    import pandas as pd
+    from transformers import Trainer
+
+    from loradyn.hf import enable_probes
+
+    model = _model()
+    spy = _TableAtSave(tmp_path / "feature_norms.csv")
+    trainer = Trainer(model=model, args=_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=_dataset(),
+                      callbacks=[spy.callback])
+    callback = enable_probes(trainer)
+    trainer.train()
+    modules = [h.qualname for h in loradyn.iter_lora_layers(model)]
+    assert len(modules) == 4
+    logged = [rec for rec in trainer.state.log_history if "loss" in rec]
+    assert len(logged) == 2
+    for rec in logged:
+        for feature in ("z_a", "z_b"):
+            per_layer = [rec[f"loradyn/{feature}_rms/{m}"] for m in modules]
+            assert rec[f"loradyn/{feature}_rms"] == pytest.approx(sum(per_layer) / len(per_layer))
+        assert rec["loradyn/z_a_rms_max"] == pytest.approx(max(rec[f"loradyn/z_a_rms/{m}"] for m in modules))
+    # written at each save (global steps 2 and 4) with every step recorded so far (record k: the
+    # forward passes of optimizer step k + 1), and at the end
+    assert spy.seen == [(2, [0, 1]), (4, [0, 1, 2, 3])]
+    table = pd.read_csv(tmp_path / "feature_norms.csv")
+    assert list(table.columns) == ["step", "module", "feature", "stat", "value"]
+    pd.testing.assert_frame_equal(table, callback.probe.to_frame(), check_dtype=False)
+    assert set(table["module"]) == set(modules) and set(table["stat"]) == {"rms", "l2"}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".feature_norms")]  # no temp files
+
+
+@pytest.mark.parametrize("max_layers, picked", [(2, [0, 3]), (3, [0, 2, 3]), (0, [])])
+def test_probe_callback_max_layers_spreads_the_logged_layers_over_depth(tmp_path, max_layers, picked):
+    from transformers import Trainer
+
+    from loradyn.hf import enable_probes
+
+    model = _model()
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=2), train_dataset=_dataset())
+    enable_probes(trainer, max_layers=max_layers, table_format=None)
+    trainer.train()
+    modules = [h.qualname for h in loradyn.iter_lora_layers(model)]
+    rec = next(r for r in trainer.state.log_history if "loss" in r)
+    got = sorted(k for k in rec if k.startswith("loradyn/z_a_rms/"))
+    assert got == sorted(f"loradyn/z_a_rms/{modules[i]}" for i in picked)
+    assert "loradyn/z_a_rms" in rec and "loradyn/z_b_rms" in rec
+    assert not (tmp_path / "feature_norms.csv").exists()  # table_format=None writes nothing
+
+
+@pytest.mark.parametrize("kwargs, match", [({"max_layers": -1}, "max_layers"), ({"max_layers": 1.5}, "max_layers"),
+                                           ({"table_format": "xlsx"}, "table_format must be 'csv' or 'parquet'")])
+def test_probe_callback_rejects_bad_options_in_one_line(kwargs, match):
+    from loradyn.hf import FeatureNormCallback
+
+    with pytest.raises(LoradynError, match=match) as err:
+        FeatureNormCallback(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_probe_callback_parquet_table(tmp_path):
+    from transformers import Trainer
+
+    from loradyn.hf import enable_probes
+    from loradyn.probe_tables import read_table
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(LoradynError, match="pip install pyarrow") as err:
+            enable_probes(Trainer(model=_model(), args=_args(tmp_path), train_dataset=_dataset()), table_format="parquet")
+        assert "\n" not in str(err.value) and "table_format='csv'" in str(err.value)
+        return
+    trainer = Trainer(model=_model(), args=_args(tmp_path, max_steps=2), train_dataset=_dataset())
+    callback = enable_probes(trainer, table_format="parquet")
+    trainer.train()
+    assert not (tmp_path / "feature_norms.csv").exists()
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(read_table(tmp_path / "feature_norms.parquet"), callback.probe.to_frame())
+
+
+def test_probe_callback_table_keeps_the_earlier_rows_on_resume(tmp_path):
+    import pandas as pd
+    from transformers import Trainer
+
+    from loradyn.hf import enable_probes
+
+    args = _args(tmp_path, save_strategy="steps", save_steps=2)
+    full = Trainer(model=_model(), args=args, train_dataset=_dataset())
+    enable_probes(full)
+    full.train()
+    before = pd.read_csv(tmp_path / "feature_norms.csv")
+    resumed = Trainer(model=_model(), args=args, train_dataset=_dataset())
+    callback = enable_probes(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert set(callback.probe.to_frame()["step"]) == {2, 3}
+    after = pd.read_csv(tmp_path / "feature_norms.csv")
+    assert sorted(set(after["step"])) == [0, 1, 2, 3] and len(after) == len(before)  # no step twice
+    pd.testing.assert_frame_equal(after[after["step"] < 2], before[before["step"] < 2])
+    pd.testing.assert_frame_equal(after, callback.table(), check_dtype=False)

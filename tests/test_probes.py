@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import weakref
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -498,6 +499,54 @@ def test_instability_report_without_records():
         pass
     report = probe.instability_report()
     assert report["module"] is None and report["first_nonfinite"] is None
+
+
+def test_instability_report_is_a_function_of_the_tidy_table():
+    from loradyn.probe_tables import instability_report
+
+    table = pd.DataFrame({"step": [0, 1, 2, 0, 1, 2], "module": ["a"] * 3 + ["b"] * 3, "feature": "z_b",
+                          "stat": "rms", "value": [0.0, 1.0, 8.0, 1.0, 2.0, math.inf]})
+    report = instability_report(table, "rms")
+    assert (report["module"], report["feature"], report["growth"]) == ("a", "z_b", 8.0)  # from the first value > 0
+    assert report["first_nonfinite"] == {"step": 2, "module": "b", "feature": "z_b", "stat": "rms", "value": math.inf}
+
+
+def test_latest_holds_only_the_last_recorded_step():
+    model = _tiny_bert_peft(two_adapters=False)
+    probe = FeatureNormProbe(model, stats=("rms", "l2"))
+    assert probe.latest().empty and list(probe.latest().columns) == ["step", "module", "feature", "stat", "value"]
+    with probe:
+        for _ in range(3):
+            _bert_loss(model, _ids(1, 4, seed=0))
+            probe.step()
+        last = probe.latest("rms")
+        frame = probe.to_frame()
+        want = frame[(frame["step"] == 2) & (frame["stat"] == "rms")].reset_index(drop=True)
+        pd.testing.assert_frame_equal(last, want)
+        _bert_loss(model, _ids(1, 4, seed=1))  # the step in progress counts
+        assert set(probe.latest()["step"]) == {3} and set(probe.latest()["stat"]) == {"rms", "l2"}
+    with pytest.raises(LoradynError, match="not recorded"):
+        probe.latest("max")
+
+
+# --- table files ---------------------------------------------------------------------------------
+def test_write_table_is_atomic(tmp_path, monkeypatch):
+    from loradyn.probe_tables import read_table, write_table
+
+    table = pd.DataFrame({"step": [0, 1], "module": "m", "feature": "z_a", "stat": "rms", "value": [1.0, 2.0]})
+    path = write_table(table, tmp_path / "sub" / "feature_norms.csv")
+    pd.testing.assert_frame_equal(read_table(path), table)
+    before = path.read_bytes()
+
+    def crash(self, target, **kwargs):
+        Path(target).write_text("step,module\n0,")  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(table.assign(value=[3.0, 4.0]), path)
+    assert path.read_bytes() == before  # the old table is intact, and no temporary file is left
+    assert [p.name for p in path.parent.iterdir()] == ["feature_norms.csv"]
 
 
 # --- input validation --------------------------------------------------------------------------

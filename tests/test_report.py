@@ -90,3 +90,64 @@ def test_report_of_a_sweep_with_only_failures(tmp_path):
     run_sweep(spec, tmp_path, executor="serial", quiet=True)
     md = write_report(tmp_path)["md"].read_text()
     assert "Failed trials" in md and "toy trial refused" in md
+
+
+def test_feature_norm_panel_of_a_short_run_has_its_points_and_no_warning(tmp_path, monkeypatch):
+    """Before: with one recorded step (step 0 of a 3-step run) Z_A was one point drawn as a line (invisible),
+    and Z_B, exactly 0 at step 0 under both inits, went on a log axis: an empty panel and matplotlib's
+    "Data has no positive values" warning on stderr."""
+    pytest.importorskip("loradyn.synthetic")
+    import warnings
+
+    from loradyn.sweep import figures
+
+    spec = {"name": "short", "metric": "final_train_loss", "seeds": [0, 1],
+            "base": {"task": {"kind": "synthetic", "width": 16, "n_train": 32, "n_test": 8}, "lora": {"rank": 2},
+                     "train": {"steps": 3, "dtype": "float64", "record_every": 10}},
+            "grid": {"lora.init": ["A", "B"], "optim.lr_a": {"log2": [-8, -4, 4]}}}
+    run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    panels = []
+    to_png = figures.to_png
+
+    def keep_axes(fig, dpi=100):
+        panels.append({ax.get_title(): ax for ax in fig.axes})
+        return to_png(fig, dpi)
+
+    monkeypatch.setattr(figures, "to_png", keep_axes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md = write_report(tmp_path)["md"].read_text()
+    assert "Z_A and Z_B" in md
+    norms = next(p for p in panels if set(p) == {"z_a", "z_b"})
+    za_points = sorted(float(line.get_ydata()[0]) for line in norms["z_a"].get_lines())
+    assert [line.get_marker() for line in norms["z_a"].get_lines()] == ["o", "o"]
+    assert za_points[0] == 0.0 and za_points[1] > 0  # Init[B]: A = 0; Init[A]: A x > 0
+    assert norms["z_b"].get_yscale() == "linear"
+    assert [list(line.get_ydata()) for line in norms["z_b"].get_lines()] == [[0.0], [0.0]]
+
+
+def test_report_keeps_long_verdict_claims_whole(tmp_path):
+    run_sweep(sweep_toy.toy_sweep(), tmp_path, executor="serial", quiet=True)
+    claim = "optimal lr_a falls like width^-1/2 under Init[A] with LoRA+ at every rank in the grid, seed means"
+    (tmp_path / "summary.json").write_text(json.dumps({"verdicts": [
+        {"claim": claim, "expected": "slope -0.5", "measured": "-0.48", "holds": True}]}))
+    paths = write_report(tmp_path)
+    assert len(claim) > 60 and claim in paths["md"].read_text() and claim in paths["html"].read_text()
+
+
+def test_feature_norm_curves_without_probe_rows_for_the_best_trials(tmp_path, monkeypatch):
+    """Before: probe rows only for other trials raised IndexError in feature_norm_curves."""
+    from loradyn.sweep import figures
+
+    rows = [{"trial_id": f"{init}{lr}", "lora.init": init, "optim.lr_a": lr, "seed": 0, "status": "done",
+             "final_loss": (lr - 0.01) ** 2, "error": None, "seconds": 0.0} for init in "AB" for lr in (0.001, 0.01, 0.1)]
+    view = SweepView.from_results(pd.DataFrame(rows))
+    probes = pd.DataFrame([{"trial_id": f"{init}0.1", "step": 0, "module": "m", "feature": "z_a", "stat": "rms",
+                            "value": 1.0} for init in "AB"])  # only the worst learning rate was probed
+    assert figures.feature_norm_curves(view, probes) is None
+    spec = sweep_toy.toy_sweep()
+    spec["base"]["task"]["probes"] = True
+    run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    monkeypatch.setattr(figures, "feature_norm_curves", lambda *a, **k: None)
+    md = write_report(tmp_path)["md"].read_text()
+    assert "No Z_A / Z_B records for the trials at the best learning rates." in md

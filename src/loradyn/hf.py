@@ -15,10 +15,13 @@
   the same adapters.
 * **Probes**: :class:`FeatureNormCallback` hooks a :class:`loradyn.FeatureNormProbe` on the model,
   steps it with the optimizer and, at every logging step, adds ``loradyn/z_a_rms``,
-  ``loradyn/z_b_rms`` (means over LoRA layers) and ``loradyn/z_a_rms_max`` to the logs, so
-  TensorBoard / W&B / ``trainer.state.log_history`` get them. :func:`enable_probes` puts it first
-  among the callbacks so the reporting integrations see the keys. Forward passes of evaluations
-  that run inside training are recorded with the current step.
+  ``loradyn/z_b_rms`` (means over LoRA layers), ``loradyn/z_a_rms_max`` and the per-layer
+  ``loradyn/z_a_rms/<module>``, ``loradyn/z_b_rms/<module>`` (``max_layers=`` limits them) to the
+  logs, so the ``report_to`` backends (TensorBoard, W&B, ...) and ``trainer.state.log_history``
+  get them. :func:`enable_probes` puts it first among the callbacks so the reporting integrations
+  see the keys. At every save and at the end of training the per-layer table is written
+  atomically to ``<output_dir>/feature_norms.csv`` (or ``.parquet``). Forward passes of
+  evaluations that run inside training are recorded with the current step.
 * **Checkpoints** of a model prepared with :func:`loradyn.apply_lora` are adapter-only, as PEFT
   models get: ``adapter_config.json`` + ``adapter_model.safetensors`` (:func:`loradyn.save_adapter`,
   ``modules_to_save`` included) next to Trainer's optimizer/scheduler/state files, so
@@ -43,6 +46,7 @@ from .errors import LoradynError
 from .init import init_lora_
 from .inject import lora_layers
 from .optim import loraplus_param_groups
+from .probe_tables import COLUMNS, check_table_format, read_table, write_table
 from .probes import FeatureNormProbe
 
 __all__ = [
@@ -209,53 +213,98 @@ def enable_loraplus(trainer: Trainer, *, lr_ratio: float = 16.0, lr_embedding: f
 
 
 class FeatureNormCallback(TrainerCallback):
-    """Record Z_A / Z_B norms during ``Trainer.train`` and add their summary to every log.
+    """Record Z_A / Z_B norms during ``Trainer.train``, add them to every log, and save the table.
 
     Args:
         every: record every this many optimizer steps.
         stats: norms recorded (``rms`` is the one logged).
         model: the model to probe; default: the model the Trainer passes to the callback.
+        table_format: ``"csv"`` (default) or ``"parquet"`` (needs pyarrow): at every Trainer save
+            and at the end of training the per-layer table (step, module, feature, stat, value) is
+            written, atomically, to ``<output_dir>/feature_norms.csv`` (``.parquet``); ``None``
+            writes nothing. Only the main process writes (under DDP: rank 0's own records).
+        max_layers: how many LoRA layers get per-layer log keys (``loradyn/z_a_rms/<module>``,
+            ``loradyn/z_b_rms/<module>``); ``None`` (default): all; fewer are spread evenly over
+            the depth (first and last included), the same ones at every log.
 
-    After training, ``callback.probe.to_frame()`` holds the full table
-    (step, module, feature, stat, value).
+    Every log gets ``loradyn/z_a_rms``, ``loradyn/z_b_rms`` (means over LoRA layers),
+    ``loradyn/z_a_rms_max`` and the per-layer keys, all at the last recorded step. On resume the
+    rows of the table already in ``output_dir`` before the resumed step are kept.
+    :meth:`table` holds the full table, ``callback.probe.to_frame()`` this run's records.
     """
 
-    def __init__(self, *, every: int = 1, stats=("rms", "l2"), model=None) -> None:
+    def __init__(self, *, every: int = 1, stats=("rms", "l2"), model=None, table_format: str | None = "csv",
+                 max_layers: int | None = None) -> None:
         self.every, self.stats, self.model = every, tuple(stats), model
         self.probe: FeatureNormProbe | None = None
         if "rms" not in self.stats:
             self.stats = ("rms", *self.stats)
+        self.table_format = None if table_format is None else check_table_format(table_format)
+        if max_layers is not None and (isinstance(max_layers, bool) or not isinstance(max_layers, int)
+                                       or max_layers < 0):
+            raise LoradynError(f"max_layers must be None (all layers) or an integer >= 0, got {max_layers!r}")
+        self.max_layers = max_layers
+        self._earlier = None  # rows of an earlier run's table before the resumed step
+
+    def table_path(self, output_dir: str) -> str | None:
+        """Where the table goes for this ``output_dir`` (None when ``table_format=None``)."""
+        return None if self.table_format is None else os.path.join(output_dir, f"feature_norms.{self.table_format}")
+
+    def table(self):
+        """The per-layer table: rows kept from an earlier run's file on resume, then this run's."""
+        import pandas as pd
+
+        frame = self.probe.to_frame() if self.probe is not None else pd.DataFrame(columns=COLUMNS)
+        return frame if self._earlier is None else pd.concat([self._earlier, frame], ignore_index=True)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         target = self.model if self.model is not None else model
         self.probe = FeatureNormProbe(target, every=self.every, stats=self.stats)
         self.probe.attach()
         self.probe.set_step(state.global_step)
+        path = self.table_path(args.output_dir) if args.output_dir else None
+        self._earlier = None
+        if state.global_step > 0 and path is not None and os.path.isfile(path):  # resuming
+            earlier = read_table(path)
+            self._earlier = earlier[earlier["step"] < state.global_step].reset_index(drop=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.probe is not None:
             self.probe.set_step(state.global_step)
 
+    def _write(self, args) -> None:
+        path = self.table_path(args.output_dir) if args.output_dir else None
+        if self.probe is not None and path is not None and args.should_save:
+            write_table(self.table(), path)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(args)
+
     def on_train_end(self, args, state, control, **kwargs):
         if self.probe is not None:
             self.probe.detach()
+            self._write(args)
 
     def summary(self) -> dict[str, float]:
-        """Means (over LoRA layers) of the rms of Z_A and Z_B at the last recorded step."""
+        """The log keys: means (over LoRA layers) of the rms of Z_A and Z_B, the largest Z_A rms,
+        and the per-layer rms (``max_layers`` of them) at the last recorded step."""
         if self.probe is None:
             return {}
-        frame = self.probe.to_frame()
-        frame = frame[frame["stat"] == "rms"]
-        if frame.empty:
-            return {}
-        last = frame[frame["step"] == frame["step"].max()]
-        out = {}
+        last = self.probe.latest("rms")
+        out: dict[str, float] = {}
         for feature in ("z_a", "z_b"):
             values = last.loc[last["feature"] == feature, "value"]
             if len(values):
                 out[f"loradyn/{feature}_rms"] = float(values.mean())
                 if feature == "z_a":
                     out["loradyn/z_a_rms_max"] = float(values.max())
+        modules = list(dict.fromkeys(last["module"]))
+        if self.max_layers is not None and len(modules) > self.max_layers:
+            n = self.max_layers
+            modules = [modules[round(i * (len(modules) - 1) / (n - 1))] for i in range(n)] if n > 1 else modules[:n]
+        keep = last[last["module"].isin(modules) & last["feature"].isin(("z_a", "z_b"))]
+        for module, feature, value in zip(keep["module"], keep["feature"], keep["value"]):
+            out[f"loradyn/{feature}_rms/{module}"] = float(value)
         return out
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -266,9 +315,12 @@ class FeatureNormCallback(TrainerCallback):
                 state.log_history[-1].update(extra)
 
 
-def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2")) -> FeatureNormCallback:
-    """Add a :class:`FeatureNormCallback` in front of the Trainer's callbacks; returns it."""
-    callback = FeatureNormCallback(every=every, stats=stats)
+def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2"), **kwargs: Any) -> FeatureNormCallback:
+    """Add a :class:`FeatureNormCallback` in front of the Trainer's callbacks; returns it.
+
+    ``kwargs`` (``table_format``, ``max_layers``, ``model``) go to the callback.
+    """
+    callback = FeatureNormCallback(every=every, stats=stats, **kwargs)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
 

@@ -247,6 +247,29 @@ def _step(v: np.ndarray) -> float:
     return float(d.min()) if len(d) else 1.0
 
 
+FEW_POINTS = 30  # series with at most this many points are drawn with markers
+
+
+def _value_scale(ax, values: np.ndarray) -> str:
+    """A y scale the values can be drawn on: ``log`` when every finite value is positive, else
+    ``symlog`` (linear through 0, log above the smallest positive value) when some are, else
+    linear; an axis without finite values gets a note instead of a (warning) log scale."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        note = "no finite values" if len(values) else "no records"
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="gray")
+        return "linear"
+    values = finite
+    positive = values[values > 0]
+    if len(positive) == len(values):
+        ax.set_yscale("log")
+        return "log"
+    if len(positive):
+        ax.set_yscale("symlog", linthresh=float(positive.min()))
+        return "symlog"
+    return "linear"
+
+
 def plot_feature_norms(
     probes: pd.DataFrame,
     curves: pd.DataFrame | None = None,
@@ -260,8 +283,13 @@ def plot_feature_norms(
 
     ``probes`` has columns ``step, feature, stat, value`` plus the ``hue`` columns (seed rows are
     averaged, with a min–max band); ``curves`` has ``step, metric, value`` plus ``hue``.
+    Non-finite values are left out; series with few points get markers (a single step: a marker
+    and a min–max bar). The y axis is logarithmic when all of a panel's values are positive,
+    ``symlog`` when some are 0 (e.g. Z_B at step 0 under Init[A]), linear otherwise.
     """
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     hue = [hue] if isinstance(hue, str) else list(hue)
     n_panels = len(features) + (1 if curves is not None else 0)
     fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 3.4), squeeze=False)
@@ -269,15 +297,29 @@ def plot_feature_norms(
     colors: dict[Any, Any] = {}
 
     def draw(ax, frame, ylabel):
+        values = frame["value"].to_numpy(dtype=float)
+        frame = frame[np.isfinite(values)]
         for key, g in frame.groupby(hue, sort=True):
             key = key if isinstance(key, tuple) else (key,)
             agg = g.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
             label = ", ".join(f"{_short(h)}={k}" for h, k in zip(hue, key))
             kw = {"color": colors[key]} if key in colors else {}
+            if len(agg) <= FEW_POINTS:
+                kw.update(marker="o", ms=4 if len(agg) > 1 else 6)
             (line,) = ax.plot(agg["step"], agg["mean"], label=label, **kw)
             colors.setdefault(key, line.get_color())
-            ax.fill_between(agg["step"], agg["min"], agg["max"], alpha=0.2, color=line.get_color())
-        ax.set_yscale("log")
+            if len(agg) > 1:
+                ax.fill_between(agg["step"], agg["min"], agg["max"], alpha=0.2, color=line.get_color())
+            else:
+                ax.vlines(agg["step"], agg["min"], agg["max"], color=line.get_color(), alpha=0.4, lw=4)
+        _value_scale(ax, values)
+        steps = np.unique(frame["step"].to_numpy(dtype=float))
+        if 0 < len(steps) <= 8:  # few recorded steps: a tick at each (and room around a single one)
+            ax.set_xticks(steps)
+            if len(steps) == 1:
+                ax.set_xlim(steps[0] - 1, steps[0] + 1)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
 
@@ -289,7 +331,9 @@ def plot_feature_norms(
         ax = axes[-1]
         draw(ax, curves[curves["metric"] == "train_loss"], "train loss")
         ax.set_title("train loss")
-    axes[0].legend(fontsize=7)
+    labelled = next((ax for ax in axes if ax.get_legend_handles_labels()[0]), None)
+    if labelled is not None:
+        labelled.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -70,12 +70,12 @@ from torch import nn
 
 from .discover import LoraHandle, iter_lora_layers
 from .errors import LoradynError
+from .probe_tables import COLUMNS, instability_report
 
 __all__ = ["FEATURES", "STATS", "FeatureNormProbe"]
 
 FEATURES = ("z_a", "z_b", "lora_out")
 STATS = ("rms", "l2", "l1", "max")
-COLUMNS = ["step", "module", "feature", "stat", "value"]
 
 _NO_LORA = (
     "no LoRA layers found in model: add adapters first (loradyn.apply_lora(model, spec) or "
@@ -344,70 +344,33 @@ class FeatureNormProbe:
             )
         return stat
 
+    def latest(self, stat: str | None = None):
+        """Records of the most recently recorded step only (cheap at any run length), as a tidy
+        DataFrame; with ``stat``, only that stat's rows."""
+        import pandas as pd
+
+        if stat is not None:
+            self._default_stat(stat)  # a stat that was not recorded is an error, not an empty table
+        rows = self._pending_rows()
+        last = rows[-1][0] if rows else self._rows[-1][0] if self._rows else None
+        i = len(self._rows)
+        while i and self._rows[i - 1][0] == last:  # records are appended in step order
+            i -= 1
+        rows = [r for r in (*self._rows[i:], *rows) if stat is None or r[3] == stat]
+        frame = pd.DataFrame(rows, columns=COLUMNS)
+        return frame.astype({"step": "int64", "value": "float64"})
+
     def instability_report(self, stat: str | None = None) -> dict[str, Any]:
         """Which (module, feature) grew fastest, and where the first non-finite value appeared.
 
-        Growth is ``last / first`` over the recorded steps of each (module, feature), both taken
-        among finite positive values (so a ``z_b`` that starts at exactly 0 under Init[A] is
-        measured from its first non-zero step).
+        :func:`loradyn.probe_tables.instability_report` on :meth:`to_frame` (see there for the
+        returned dict: ``module``, ``feature``, ``growth``, ``stat``, ``growth_by_feature``,
+        ``first_nonfinite``).
 
         Args:
             stat: which recorded stat to use (default ``"rms"`` if recorded).
-
-        Returns:
-            dict with ``module``, ``feature``, ``growth`` (the fastest grower; None if nothing
-            was recorded), ``growth_by_feature`` (DataFrame, one row per feature: its fastest
-            module, ``first_step``, ``first``, ``last_step``, ``last``, ``growth``) and
-            ``first_nonfinite`` (dict with ``step, module, feature, stat, value``, or None).
         """
-        import numpy as np
-        import pandas as pd
-
-        stat = self._default_stat(stat)
-        frame = self.to_frame()
-        frame = frame[frame["stat"] == stat].sort_values("step", kind="stable")
-        finite = np.isfinite(frame["value"].to_numpy())
-        first_nonfinite = None
-        if not finite.all():
-            bad = frame[~finite].iloc[0]
-            first_nonfinite = {c: bad[c] for c in COLUMNS}
-            first_nonfinite["step"] = int(first_nonfinite["step"])
-            first_nonfinite["value"] = float(first_nonfinite["value"])
-        ok = frame[finite & (frame["value"] > 0).to_numpy()]
-        growth_rows = []
-        for (module, feature), g in ok.groupby(["module", "feature"], sort=False):
-            first, last = g.iloc[0], g.iloc[-1]
-            growth_rows.append(
-                {
-                    "feature": feature,
-                    "module": module,
-                    "first_step": int(first["step"]),
-                    "first": float(first["value"]),
-                    "last_step": int(last["step"]),
-                    "last": float(last["value"]),
-                    "growth": float(last["value"] / first["value"]),
-                }
-            )
-        cols = ["feature", "module", "first_step", "first", "last_step", "last", "growth"]
-        growth = pd.DataFrame(growth_rows, columns=cols)
-        if len(growth):
-            growth = growth.sort_values("growth", ascending=False, kind="stable")
-            top = growth.iloc[0]
-            by_feature = growth.drop_duplicates("feature").reset_index(drop=True)
-            fastest = {
-                "module": top["module"],
-                "feature": top["feature"],
-                "growth": float(top["growth"]),
-            }
-        else:
-            by_feature = growth
-            fastest = {"module": None, "feature": None, "growth": None}
-        return {
-            **fastest,
-            "stat": stat,
-            "growth_by_feature": by_feature,
-            "first_nonfinite": first_nonfinite,
-        }
+        return instability_report(self.to_frame(), self._default_stat(stat))
 
     def __repr__(self) -> str:
         state = "attached" if self._hooks else "detached"

@@ -117,9 +117,12 @@ def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block
                         "at the end of the grid (or next to a diverged learning rate)."),
                        ("table", best)]
     if not probes.empty:
+        shown = len(blocks)
         img(lambda: figures.feature_norm_curves(view, probes, curves), "Z_A and Z_B norms (and the train "
             "loss) over training steps, at each series' best learning rate (line: mean over seeds and "
-            "modules; band: min-max)")
+            "modules; band: min-max; y axis: log, or symlog when a panel holds zeros)")
+        if len(blocks) == shown:
+            blocks.append(("p", "No Z_A / Z_B records for the trials at the best learning rates."))
     return blocks + failures
 
 

@@ -180,7 +180,8 @@ def lr_heatmaps(view: SweepView):
 
 
 def feature_norm_curves(view: SweepView, probes: pd.DataFrame, curves: pd.DataFrame | None = None):
-    """Z_A / Z_B norms (and the train-loss curve) vs step at each series' best learning rate."""
+    """Z_A / Z_B norms (and the train-loss curve) vs step at each series' best learning rate;
+    None when none of those trials has probe records."""
     if probes.empty:
         return None
     from ..plots import plot_feature_norms
@@ -190,6 +191,8 @@ def feature_norm_curves(view: SweepView, probes: pd.DataFrame, curves: pd.DataFr
     hue = view.facets + view.series
     keys = view.df.set_index("trial_id")[hue]
     probes = probes[probes["trial_id"].isin(ids)].drop(columns=[c for c in hue if c in probes], errors="ignore")
+    if probes.empty:
+        return None
     probes = probes.join(keys, on="trial_id")
     stat = "rms" if (probes["stat"] == "rms").any() else str(probes["stat"].iloc[0])
     features = [f for f in ("z_a", "z_b") if (probes["feature"] == f).any()] or list(probes["feature"].unique()[:2])
