@@ -67,6 +67,10 @@ def test_report_for_a_parent_of_experiments_with_verdicts(tmp_path):
         run_sweep(sweep_toy.toy_sweep(name=name), exp / "sweep", executor="serial", quiet=True)
         verdicts = [{"claim": f"{name} claim", "expected": "slope -0.5", "measured": "-0.48", "holds": True},
                     {"claim": "second", "expected": "x", "measured": "y", "holds": name == "exp-a"}]
+        if name == "exp-b":  # three-valued verdicts, as experiments write them now
+            verdicts = [{**v, "status": "holds" if v["holds"] else "fails", "reason": ""} for v in verdicts]
+            verdicts.append({"claim": "third", "expected": "z", "measured": "w", "status": "undecided",
+                             "holds": None, "reason": "optimum on a grid edge: A n=128 (low)"})
         (exp / "summary.json").write_text(json.dumps({"verdicts": verdicts}))
         from matplotlib.figure import Figure
 
@@ -76,8 +80,9 @@ def test_report_for_a_parent_of_experiments_with_verdicts(tmp_path):
     paths = write_report(tmp_path)
     md = paths["md"].read_text()
     assert md.index("## exp-a") < md.index("## exp-b")
-    assert "exp-a claim" in md and "2/2 claims hold" in md and "1/2 claims hold" in md
-    assert "| NO |" in md
+    assert "exp-a claim" in md and "2 claims: 2 hold, 0 fail, 0 undecided" in md
+    assert "3 claims: 1 hold, 1 fail, 1 undecided" in md
+    assert "| fails | second |" in md and "| undecided | third | z | w | optimum on a grid edge: A n=128 (low) |" in md
     assert "exp-a_figure.png" in md and "exp-b_figure.png" in md
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 2 * (1 + 1)  # experiment figure + loss vs lr

@@ -242,9 +242,9 @@ def best_pair(
     """Best (lr_a, lr_b) of a 2-D grid per group (lower ``metric`` is better), and the best pair
     on the diagonal lr_a = lr_b.
 
-    Returns one row per group: ``by..., lr_a_opt, lr_b_opt, ratio_opt, metric_opt, lr_diag_opt,
-    metric_diag_opt, gain`` (``gain = metric_diag_opt / metric_opt`` ≥ 1), ``edge`` (the optimum
-    touches the grid's border: ``"lr_a"``, ``"lr_b"``, ``"both"`` or ``""``).
+    Returns one row per group: ``by..., lr_a_opt, lr_b_opt, ratio_opt, metric_opt, metric_opt_std,
+    lr_diag_opt, metric_diag_opt, metric_diag_opt_std, gain`` (``gain = metric_diag_opt / metric_opt``
+    ≥ 1), ``edge`` (the optimum touches the grid's border: ``"lr_a"``, ``"lr_b"``, ``"both"`` or ``""``).
     """
     by = _as_list(by)
     means = seed_stats(df, [*by, lr_a, lr_b], metric=metric, mode="min", status=status)
@@ -265,11 +265,14 @@ def best_pair(
         row.update(
             lr_a_opt=float(best[lr_a]), lr_b_opt=float(best[lr_b]),
             ratio_opt=float(best[lr_b]) / float(best[lr_a]), metric_opt=float(best["mean"]),
+            metric_opt_std=float(best["std"]),
             lr_diag_opt=float(dbest[lr_a]) if dbest is not None else math.nan,
             metric_diag_opt=float(dbest["mean"]) if dbest is not None else math.nan,
+            metric_diag_opt_std=float(dbest["std"]) if dbest is not None else math.nan,
             edge="both" if len(edges) == 2 else (edges[0] if edges else ""),
         )
         row["gain"] = row["metric_diag_opt"] / row["metric_opt"] if row["metric_opt"] > 0 else math.nan
         rows.append(row)
-    cols = [*by, "lr_a_opt", "lr_b_opt", "ratio_opt", "metric_opt", "lr_diag_opt", "metric_diag_opt", "gain", "edge"]
+    cols = [*by, "lr_a_opt", "lr_b_opt", "ratio_opt", "metric_opt", "metric_opt_std", "lr_diag_opt", "metric_diag_opt",
+            "metric_diag_opt_std", "gain", "edge"]
     return pd.DataFrame(rows, columns=cols)

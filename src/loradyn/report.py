@@ -56,10 +56,13 @@ def _verdict_blocks(summary_path: Path) -> list[Block]:
     if not verdicts:
         return []
     table = pd.DataFrame(verdicts)
-    if "holds" in table:
-        table["holds"] = table["holds"].map(lambda v: "yes" if v else "NO")
-    held = sum(1 for v in verdicts if v.get("holds"))
-    return [("h3", "Verdicts"), ("p", f"{held}/{len(verdicts)} claims hold."), ("table", table)]
+    if "status" not in table:  # a summary written before verdicts had three values
+        table["status"] = table["holds"].map(lambda v: "holds" if v else "fails")
+    table = table[[c for c in ("status", "claim", "expected", "measured", "reason") if c in table]]
+    counts = table["status"].value_counts()
+    text = (f"{len(table)} claims: {counts.get('holds', 0)} hold, {counts.get('fails', 0)} fail, "
+            f"{counts.get('undecided', 0)} undecided (the data cannot decide them; the reason column says why).")
+    return [("h3", "Verdicts"), ("p", text), ("table", table)]
 
 
 def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block]:

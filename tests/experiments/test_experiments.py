@@ -34,7 +34,9 @@ def check_outputs(out, experiment):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"], "every experiment states verdicts"
     for v in summary["verdicts"]:
-        assert set(v) == {"claim", "expected", "measured", "holds"} and isinstance(v["holds"], bool)
+        assert set(v) == {"claim", "expected", "measured", "status", "holds", "reason"}
+        assert v["holds"] == {"holds": True, "fails": False, "undecided": None}[v["status"]]
+        assert bool(v["reason"]) == (v["status"] == "undecided")  # an undecided verdict says why
     assert summary["figures"] and all((out / f).exists() for f in summary["figures"])
     return df, summary
 
@@ -53,7 +55,8 @@ def test_each_experiment_runs_end_to_end(experiment, tmp_path, capsys):
     summary = reproduce(experiment, out=tmp_path, seeds=1, overrides=TINY + TINY_PARAMS[experiment], executor="serial")
     df, written = check_outputs(tmp_path, experiment)
     assert written["verdicts"] == summary["verdicts"]
-    assert "holds" in capsys.readouterr().out  # the verdict table is printed
+    printed = capsys.readouterr().out
+    assert "verdict" in printed and "too few for a" in printed  # the verdict table, with reasons
     if experiment == "rank-lr":
         assert set(df["lora.method"]) == {"lora", "full"} and set(df["lora.init"]) == {"A", "B"}
         assert ((df["optim.lr_b"] / df["optim.lr_a"]).round(9) == 4).all()  # base overrides reach every trial

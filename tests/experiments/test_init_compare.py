@@ -47,8 +47,10 @@ def test_optimum_counts_failures_as_worst_and_breaks_ties_by_val_loss():
     assert cols["A"]["curve"][1e-2] is None  # -inf is not finite
     # B: all ties at 0.0; lowest seed-mean val_loss is at 1e-3
     assert cols["B"]["optimal_lr"] == 1e-3
-    holds = [v.holds for v in out["verdicts"]]
-    assert holds == [False, True]  # same optimal lr is not "larger"; 0.1 >= 0.0
+    first, second = out["verdicts"]
+    # B's exact match is 0.0 at every lr: where its optimum lies is not decided by the data
+    assert first.status == "undecided" and "Init[B]'s best lr beats the next within the seed std" in first.reason
+    assert second.status == "holds"  # 0.1 >= 0.0, a difference larger than the seed std (0)
 
 
 def test_loss_mode_picks_the_minimum_and_verdicts_can_fail():
@@ -58,7 +60,7 @@ def test_loss_mode_picks_the_minimum_and_verdicts_can_fail():
     assert abs(cols["A"]["best_val_loss"] - 0.91) < 1e-12
     assert abs(cols["B"]["best_val_loss"] - 0.61) < 1e-12
     assert abs(cols["B"]["test_loss_at_optimum"] - 0.61) < 1e-12
-    assert [v.holds for v in out["verdicts"]] == [False, False]  # B has the lower loss
+    assert [v.status for v in out["verdicts"]] == ["fails", "fails"]  # B has the lower loss, beyond the noise
 
 
 def test_results_markdown_renders_secondary_tables(tmp_path):
@@ -77,7 +79,7 @@ def test_results_markdown_renders_secondary_tables(tmp_path):
     assert "| B | 1 | 0.001 | 0.6 | 0.62 | 0.61 | 10 |" in md  # val_loss per seed in the secondary table
     head, _, second = md.partition("Secondary metric `val_loss`")
     assert second and "Z_A rms" in head and "Z_A rms" not in second
-    assert second.count("| **no** |") == 2 and head.count("| yes |") == 1
+    assert second.count("| **fails** |") == 2 and head.count("| holds |") == 1 and head.count("| undecided |") == 1
 
 
 # --- tiny end-to-end runs (random 2-layer models, real data rows) ----------------------------------
@@ -102,7 +104,10 @@ def test_reproduce_real_writes_results_summary_and_figure(tmp_path, monkeypatch)
     assert (out / "results.csv").exists() and (out / "metric_vs_lr.png").exists()
     saved = json.loads((out / "summary.json").read_text())
     assert [v["claim"] for v in saved["verdicts"]] == [v["claim"] for v in summary["verdicts"]]
-    assert len(saved["verdicts"]) == 2 and all(set(v) == {"claim", "expected", "measured", "holds"} for v in saved["verdicts"])
+    assert len(saved["verdicts"]) == 2
+    assert all(set(v) == {"claim", "expected", "measured", "status", "holds", "reason"} for v in saved["verdicts"])
+    assert {v["status"] for v in saved["verdicts"]} == {"undecided"}  # one seed cannot decide
+    assert all("too few for a spread" in v["reason"] for v in saved["verdicts"])
     assert saved["n_trials"] == 4 and saved["status_counts"] == {"done": 4}
     import pandas as pd
 
@@ -154,3 +159,35 @@ def test_cli_reproduce_bad_input_exit_code_2(tmp_path, capsys, override, message
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def _classify(rows):
+    """rows: (init, lr_a, seed, val_accuracy); majority class 0.62 of the validation split."""
+    return pd.DataFrame([
+        {"trial_id": f"t{i}", "lora.init": init, "optim.lr_ratio": 1.0, "optim.lr_a": lr, "seed": seed,
+         "status": "done", "val_accuracy": acc, "test_accuracy": acc, "val_chance_accuracy": 0.62, "seconds": 1.0}
+        for i, (init, lr, seed, acc) in enumerate(rows)])
+
+
+ACC = Metric("val_accuracy", "max", "test_accuracy")
+
+
+def test_accuracy_at_chance_level_is_undecided():
+    rows = [(init, lr, s, 0.62 + 0.001 * s + (0.002 if (init, lr) == ("A", 1e-3) else 0.0))
+            for init in "AB" for lr in (1e-4, 1e-3, 1e-2) for s in (0, 1, 2)]
+    first, second = analyse(_classify(rows), ACC)["verdicts"]
+    assert first.status == second.status == "undecided"
+    assert "at chance level" in first.reason and "majority class 0.62" in second.reason
+
+
+def test_clear_differences_decide_and_edges_do_not():
+    bump = {("A", 1e-3): 0.9, ("B", 1e-4): 0.8}  # A peaks at 1e-3, B at its grid's low edge
+    rows = [(init, lr, s, bump.get((init, lr), 0.7) + 0.002 * s) for init in "AB" for lr in (1e-4, 1e-3, 1e-2)
+            for s in (0, 1, 2)]
+    first, second = analyse(_classify(rows), ACC)["verdicts"]
+    assert first.status == "undecided" and "Init[B]'s optimum on a grid edge (low)" in first.reason
+    assert second.status == "holds" and second.reason == ""  # 0.902 vs 0.802, seed std 0.002
+    rows = [(i, lr, s, acc + 0.05 * (s - 1)) for i, lr, s, acc in rows]  # seed std 0.05: the 0.1 gap still decides
+    assert analyse(_classify(rows), ACC)["verdicts"][1].status == "holds"
+    rows = [(i, lr, s, acc + 0.2 * (s - 1)) for i, lr, s, acc in rows]  # seed std 0.25 hides the 0.1 gap
+    assert "within the seed std" in analyse(_classify(rows), ACC)["verdicts"][1].reason

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoradynError
-from .framework import Context, Experiment, plain, run_experiment, split_overrides, verdict_table
+from .framework import (
+    Context,
+    Experiment,
+    plain,
+    run_experiment,
+    split_overrides,
+    verdict_counts,
+    verdict_table,
+)
 
 __all__ = ["Experiment", "experiments", "get_experiment", "reproduce"]
 
@@ -75,7 +83,8 @@ def reproduce(
 
     Returns:
         The summary dict (also written to ``summary.json``) with ``verdicts``: a list of
-        ``{"claim", "expected", "measured", "holds"}``. For ``"all"``: ``{"experiments": {id: summary},
+        ``{"claim", "expected", "measured", "status", "holds", "reason"}`` (``status``: holds, fails
+        or undecided; docs/schema.md). For ``"all"``: ``{"experiments": {id: summary},
         "verdicts": [... every verdict, claim prefixed by its id]}``.
 
     Raises:
@@ -107,7 +116,8 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(plain(combined), indent=2) + "\n")
     if not quiet:
-        held = sum(v["holds"] for v in verdicts)
-        print(f"\nall{' (quick)' if quick else ''}: {len(verdicts)} verdicts, {held} hold, {combined['seconds']} s")
+        counts = verdict_counts(verdicts)
+        print(f"\nall{' (quick)' if quick else ''}: {len(verdicts)} verdicts: {counts['holds']} hold, "
+              f"{counts['fails']} fail, {counts['undecided']} undecided; {combined['seconds']} s")
         print(verdict_table(verdicts))
     return combined

@@ -28,7 +28,17 @@ import pandas as pd
 
 from ..analysis import seed_stats
 from . import width_lr
-from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .framework import (
+    Context,
+    Experiment,
+    Outcome,
+    Verdict,
+    fmt_lr,
+    noise_reason,
+    results_frame,
+    seeds_reason,
+    spread,
+)
 from .grids import base_config, load_sweep_records, run_grid
 from .width_lr import INIT, WIDTH, WidthOptima
 
@@ -132,31 +142,52 @@ def run(ctx: Context) -> Outcome:
         v = final[(final[INIT] == init) & (final[WIDTH] == n) & (final["feature"] == feature) & (final["stat"] == stat)]
         return float(v["value"].iloc[0]) if len(v) else math.nan
 
+    seed_z = (last[(last["feature"] == "z_a") & (last["stat"] == "rms")]
+              .groupby([INIT, WIDTH, "seed"])["value"].mean())
+
+    def z_std(init, n):
+        v = seed_z.get((init, n))
+        return float(v.std(ddof=1)) if v is not None and len(v) > 1 else math.nan
+
     lo, hi = min(p.widths), max(p.widths)
+    few = seeds_reason(p.seeds)
     verdicts = []
     ratios = {n: val("A", n, "z_a") / val("B", n, "z_a") for n in p.widths}
-    verdicts.append(Verdict(
-        claim="RMS(Z_A) is much larger under Init[A] than Init[B] (×≥2 at the largest width)",
-        expected=f"A/B > 1 at every width, ≥ 2 at n={hi}",
-        measured=", ".join(f"n={n}: ×{r:.2f}" for n, r in ratios.items()),
-        holds=all(r > 1 for r in ratios.values()) and ratios[hi] >= 2,
+    verdicts.append(Verdict.check(
+        "RMS(Z_A) is much larger under Init[A] than Init[B] (×≥2 at the largest width)",
+        f"A/B > 1 at every width, ≥ 2 at n={hi}",
+        ", ".join(f"n={n}: ×{r:.2f}" for n, r in ratios.items()),
+        all(r > 1 for r in ratios.values()) and ratios[hi] >= 2,
+        [few, *(noise_reason(val("A", n, "z_a"), val("B", n, "z_a"), spread(z_std("A", n), z_std("B", n)),
+                             f"n={n}: A-B") for n in p.widths)],
     ))
     span = math.log(hi / lo)
     for init, expected in (("A", 0.5), ("B", 0.0)):
         e = math.log(val(init, hi, "z_a") / val(init, lo, "z_a")) / span if span > 0 else math.nan
-        verdicts.append(Verdict(
-            claim=f"Init[{init}]: RMS(Z_A) ∝ n^{expected:g} (exponent between n={lo} and n={hi})",
-            expected=f"{expected:+.2f} ± {EXP_TOL}",
-            measured=f"{e:+.2f} ({val(init, lo, 'z_a'):.2f} → {val(init, hi, 'z_a'):.2f})",
-            holds=math.isfinite(e) and abs(e - expected) <= EXP_TOL,
+        per_seed = []
+        for s_hi, s_lo in zip(seed_z.get((init, hi), pd.Series(dtype=float)).sort_index(),
+                              seed_z.get((init, lo), pd.Series(dtype=float)).sort_index()):
+            per_seed.append(math.log(s_hi / s_lo) / span)
+        e_std = float(pd.Series(per_seed).std(ddof=1)) if len(per_seed) > 1 else math.nan
+        wide = (f"seed std of the exponent {e_std:.2f} wider than the tolerance {EXP_TOL}"
+                if e_std > EXP_TOL else None)
+        verdicts.append(Verdict.check(
+            f"Init[{init}]: RMS(Z_A) ∝ n^{expected:g} (exponent between n={lo} and n={hi})",
+            f"{expected:+.2f} ± {EXP_TOL}",
+            f"{e:+.2f} ({val(init, lo, 'z_a'):.2f} → {val(init, hi, 'z_a'):.2f})",
+            math.isfinite(e) and abs(e - expected) <= EXP_TOL,
+            [few, wide],
         ))
-    loss = seed_stats(results, [INIT, WIDTH], metric="final_train_loss").set_index([INIT, WIDTH])["mean"]
+    stats = seed_stats(results, [INIT, WIDTH], metric="final_train_loss").set_index([INIT, WIDTH])
+    loss, loss_std = stats["mean"], stats["std"]
     lower = {n: (loss.get(("A", n), math.nan), loss.get(("B", n), math.nan)) for n in p.widths}
-    verdicts.append(Verdict(
-        claim="the final train loss is lower under Init[A] (each at its optimal lr)",
-        expected="loss_A < loss_B at every width",
-        measured=", ".join(f"n={n}: {a:.2e} vs {b:.2e}" for n, (a, b) in lower.items()),
-        holds=all(a < b for a, b in lower.values()),
+    verdicts.append(Verdict.check(
+        "the final train loss is lower under Init[A] (each at its optimal lr)",
+        "loss_A < loss_B at every width",
+        ", ".join(f"n={n}: {a:.2e} vs {b:.2e}" for n, (a, b) in lower.items()),
+        all(a < b for a, b in lower.values()),
+        [few, *(noise_reason(a, b, spread(loss_std.get(("A", n)), loss_std.get(("B", n))),
+                             f"n={n}: loss difference") for n, (a, b) in lower.items())],
     ))
 
     from ..plots import plot_feature_norms

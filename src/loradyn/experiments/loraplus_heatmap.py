@@ -20,7 +20,17 @@ import math
 from dataclasses import dataclass
 
 from ..analysis import best_pair
-from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .framework import (
+    Context,
+    Experiment,
+    Outcome,
+    Verdict,
+    fmt_lr,
+    noise_reason,
+    results_frame,
+    seeds_reason,
+    spread,
+)
 from .grids import base_config, half_octaves, run_grid
 from .width_lr import INIT, WIDTH
 
@@ -77,32 +87,40 @@ def run(ctx: Context) -> Outcome:
     best_test = best_pair(results, by=[INIT, WIDTH], metric="test_loss")
     rows = best.to_dict("records")
 
+    few = seeds_reason(p.seeds)
+    edges = [r for r in rows if r["edge"]]
+    border = ", ".join(f"{r[INIT]} n={r[WIDTH]} ({r['edge']})" for r in edges)
+    on_border = f"best pair on the grid border: {border}" if edges else None
     verdicts = []
     above = [(r[INIT], r[WIDTH], r["ratio_opt"]) for r in rows]
-    verdicts.append(Verdict(
-        claim="the optimal (lr_a, lr_b) lies above the diagonal: lr_b > lr_a",
-        expected="λ* = lr_b/lr_a ≥ 2 for every (init, width)",
-        measured=", ".join(f"{i} n={w}: λ*=2^{math.log2(r):.0f}" for i, w, r in above),
-        holds=all(r >= 2 for _, _, r in above),
+    verdicts.append(Verdict.check(
+        "the optimal (lr_a, lr_b) lies above the diagonal: lr_b > lr_a",
+        "λ* = lr_b/lr_a ≥ 2 for every (init, width)",
+        ", ".join(f"{i} n={w}: λ*=2^{math.log2(r):.0f}" for i, w, r in above),
+        all(r >= 2 for _, _, r in above),
+        [few, on_border],
     ))
-    verdicts.append(Verdict(
-        claim="the best pair beats the best diagonal pair (standard LoRA, lr_b = lr_a)",
-        expected="loss(best) < loss(best diagonal) for every (init, width)",
-        measured=", ".join(f"{r[INIT]} n={r[WIDTH]}: ×{r['gain']:.2f}" for r in rows),
-        holds=bool((best["gain"] > 1).all()),
+    verdicts.append(Verdict.check(
+        "the best pair beats the best diagonal pair (standard LoRA, lr_b = lr_a)",
+        "loss(best) < loss(best diagonal) for every (init, width)",
+        ", ".join(f"{r[INIT]} n={r[WIDTH]}: ×{r['gain']:.2f}" for r in rows),
+        bool((best["gain"] > 1).all()),
+        [few, *(noise_reason(r["metric_opt"], r["metric_diag_opt"],
+                             spread(r["metric_opt_std"], r["metric_diag_opt_std"]),
+                             f"{r[INIT]} n={r[WIDTH]}: gain") for r in rows)],
     ))
     lo, hi = min(p.widths), max(p.widths)
     growth = []
     for init in p.inits:
         b = best[best[INIT] == init].set_index(WIDTH)["ratio_opt"]
         growth.append((init, float(b[lo]), float(b[hi])))
-    verdicts.append(Verdict(
-        claim=f"the optimal ratio λ* grows with width (n={lo} → n={hi}; theory ∝ n)",
-        expected=f"λ*(n={hi}) > λ*(n={lo}) per init (theory ×{hi // lo})",
-        measured=", ".join(f"{i}: 2^{math.log2(a):.0f} → 2^{math.log2(b):.0f}" for i, a, b in growth),
-        holds=all(b > a for _, a, b in growth),
+    verdicts.append(Verdict.check(
+        f"the optimal ratio λ* grows with width (n={lo} → n={hi}; theory ∝ n)",
+        f"λ*(n={hi}) > λ*(n={lo}) per init (theory ×{hi // lo})",
+        ", ".join(f"{i}: 2^{math.log2(a):.0f} → 2^{math.log2(b):.0f}" for i, a, b in growth),
+        all(b > a for _, a, b in growth),
+        [few, on_border],
     ))
-    edges = [r for r in rows if r["edge"]]
     if edges:
         ctx.say("  note: the best pair touches the grid border for "
                 + ", ".join(f"{r[INIT]} n={r[WIDTH]} ({r['edge']})" for r in edges))

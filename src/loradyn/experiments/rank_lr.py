@@ -23,7 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import fit_log2_slope, optimal_lr
-from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .framework import (
+    Context,
+    Experiment,
+    Outcome,
+    Verdict,
+    edge_reason,
+    fmt_lr,
+    results_frame,
+    seeds_reason,
+)
 from .grids import base_config, half_octaves, run_grid
 from .width_lr import INIT, LR
 
@@ -98,27 +107,37 @@ def run(ctx: Context) -> Outcome:
     full_opt = optimal_lr(results[results[METHOD] == "full"], lr=LR) if p.full_ft else None
     fft = float(full_opt["lr_opt"].iloc[0]) if full_opt is not None and len(full_opt) else math.nan
 
+    few = seeds_reason(p.seeds)
+
+    def label(r):
+        return f"{r['variant']} r={r[RANK]}"
+
     verdicts = []
     for (init, rule), expected in VARIANTS.items():
         name = variant_name(init, rule)
         f = fits[fits["variant"] == name]
         slope = float(f["slope"].iloc[0]) if len(f) else math.nan
         stderr = float(f["stderr"].iloc[0]) if len(f) else math.nan
-        verdicts.append(Verdict(
-            claim=f"{name}: optimal lr ∝ r^{expected:g} (slope of log2 η* vs log2 r)",
-            expected=f"{expected:+.2f} ± {SLOPE_TOL}",
-            measured=f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
-            holds=math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
+        wide_fit = f"fit stderr {stderr:.2f} wider than the tolerance {SLOPE_TOL}" if stderr > SLOPE_TOL else None
+        verdicts.append(Verdict.check(
+            f"{name}: optimal lr ∝ r^{expected:g} (slope of log2 η* vs log2 r)",
+            f"{expected:+.2f} ± {SLOPE_TOL}",
+            f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
+            math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
+            [edge_reason(opt[opt["variant"] == name].to_dict("records"), label), few, wide_fit],
         ))
     if p.full_ft:
         b = opt[opt["variant"] == variant_name("B", "1")]["lr_opt"].astype(float)
         gm = float(np.exp(np.log(b[b > 0]).mean())) if len(b) else math.nan
         factor = gm / fft if fft > 0 else math.nan
-        verdicts.append(Verdict(
-            claim="Init[B], α=1 transfers to full finetuning: its optimal lr is within 2× of FFT's",
-            expected="1/2 ≤ η*_B / η*_FFT ≤ 2 (geometric mean over ranks)",
-            measured=f"η*_B = {fmt_lr(gm)}, η*_FFT = {fmt_lr(fft)}: ×{factor:.2f}",
-            holds=math.isfinite(factor) and 0.5 <= factor <= 2.0,
+        used = [*opt[opt["variant"] == variant_name("B", "1")].to_dict("records"),
+                *({**r, "variant": "full finetuning", RANK: "-"} for r in full_opt.to_dict("records"))]
+        verdicts.append(Verdict.check(
+            "Init[B], α=1 transfers to full finetuning: its optimal lr is within 2× of FFT's",
+            "1/2 ≤ η*_B / η*_FFT ≤ 2 (geometric mean over ranks)",
+            f"η*_B = {fmt_lr(gm)}, η*_FFT = {fmt_lr(fft)}: ×{factor:.2f}",
+            math.isfinite(factor) and 0.5 <= factor <= 2.0,
+            [edge_reason(used, label), few],
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
     if not edges.empty:

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..analysis import fit_log2_slope, optimal_lr
-from .framework import Context, Experiment, Outcome, Verdict, fmt_lr, results_frame
+from .framework import (
+    Context,
+    Experiment,
+    Outcome,
+    Verdict,
+    edge_reason,
+    fmt_lr,
+    results_frame,
+    seeds_reason,
+)
 from .grids import base_config, half_octaves, run_grid
 
 ID = "width-lr"
@@ -127,42 +136,52 @@ def run(ctx: Context) -> Outcome:
 
     fit_rows = opt[(opt[WIDTH] >= p.fit_min_width) & opt["lr_opt"].notna()]
     fits = fit_log2_slope(fit_rows, WIDTH, "lr_opt", by=INIT)
+    few = seeds_reason(p.seeds)
+
+    def label(r):
+        return f"{r[INIT]} n={r[WIDTH]}"
+
     verdicts = []
     for init in p.inits:
         f = fits[fits[INIT] == init]
         slope = float(f["slope"].iloc[0]) if len(f) else math.nan
         stderr = float(f["stderr"].iloc[0]) if len(f) else math.nan
         expected = EXPONENT.get(init, math.nan)
-        verdicts.append(Verdict(
-            claim=f"Init[{init}]: optimal lr ∝ n^{expected:g} (slope of log2 η* vs log2 n, n ≥ {p.fit_min_width})",
-            expected=f"{expected:+.2f} ± {SLOPE_TOL}",
-            measured=f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
-            holds=math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
+        used = opt[(opt[INIT] == init) & (opt[WIDTH] >= p.fit_min_width)].to_dict("records")
+        wide_fit = f"fit stderr {stderr:.2f} wider than the tolerance {SLOPE_TOL}" if stderr > SLOPE_TOL else None
+        verdicts.append(Verdict.check(
+            f"Init[{init}]: optimal lr ∝ n^{expected:g} (slope of log2 η* vs log2 n, n ≥ {p.fit_min_width})",
+            f"{expected:+.2f} ± {SLOPE_TOL}",
+            f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
+            math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
+            [edge_reason(used, label), few, wide_fit],
         ))
     wide = opt.pivot(index=WIDTH, columns=INIT, values="lr_opt")
     if {"A", "B"} <= set(wide.columns):
         big = wide[wide.index >= 512]
         gap = [f"n={n}: ×{a / b:.1f}" for n, a, b in zip(big.index, big["A"], big["B"])]
-        verdicts.append(Verdict(
-            claim="Init[A] admits larger learning rates: η*_A > η*_B at every width ≥ 512",
-            expected="η*_A/η*_B > 1", measured=", ".join(gap) or "no width ≥ 512",
-            holds=bool(len(big)) and bool((big["A"] > big["B"]).all()),
+        at_big = opt[opt[WIDTH] >= 512].to_dict("records")
+        verdicts.append(Verdict.check(
+            "Init[A] admits larger learning rates: η*_A > η*_B at every width ≥ 512",
+            "η*_A/η*_B > 1", ", ".join(gap) or "no width ≥ 512",
+            bool(len(big)) and bool((big["A"] > big["B"]).all()),
+            [edge_reason(at_big, label), few],
         ))
         ratio = pd.DataFrame({"width": wide.index, "ratio": wide["A"] / wide["B"]})
         rslope = float(fit_log2_slope(ratio, "width", "ratio")["slope"].iloc[0])
-        verdicts.append(Verdict(
-            claim="the ratio η*_A/η*_B grows with width (∝ n^1/2)",
-            expected=f"slope +0.50 ± {RATIO_TOL}",
-            measured=f"{rslope:+.2f} (×{ratio['ratio'].iloc[0]:.1f} → ×{ratio['ratio'].iloc[-1]:.1f})",
-            holds=math.isfinite(rslope) and abs(rslope - 0.5) <= RATIO_TOL,
+        verdicts.append(Verdict.check(
+            "the ratio η*_A/η*_B grows with width (∝ n^1/2)",
+            f"slope +0.50 ± {RATIO_TOL}",
+            f"{rslope:+.2f} (×{ratio['ratio'].iloc[0]:.1f} → ×{ratio['ratio'].iloc[-1]:.1f})",
+            math.isfinite(rslope) and abs(rslope - 0.5) <= RATIO_TOL,
+            [edge_reason(opt.to_dict("records"), label), few],
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
-    verdicts.append(Verdict(
-        claim="every optimum is interior to its lr grid",
-        expected="no optimum on a grid edge",
-        measured="all interior" if edges.empty else "; ".join(
-            f"{r[INIT]} n={r[WIDTH]}: {r['edge']}" for r in edges.to_dict("records")),
-        holds=edges.empty,
+    verdicts.append(Verdict.check(
+        "every optimum is interior to its lr grid",
+        "no optimum on a grid edge",
+        "all interior" if edges.empty else "; ".join(f"{label(r)}: {r['edge']}" for r in edges.to_dict("records")),
+        edges.empty,
     ))
 
     from ..plots import plot_metric_vs_lr, plot_optimal_lr_vs_width

@@ -147,7 +147,10 @@ class ClassifyRecipe(_Recipe):
                 correct[i] += int((lg.argmax(-1) == batch["labels"]).sum())
                 nll[i] += float(F.cross_entropy(lg, batch["labels"], reduction="sum"))
         n = len(rows)
-        return [{f"{split}_accuracy": c / n, f"{split}_loss": s / n} for c, s in zip(correct, nll)]
+        counts = torch.bincount(torch.tensor([r[1] for r in rows]), minlength=self.num_labels)
+        chance = float(counts.max()) / n  # the majority class's share: accuracy of a constant guess
+        return [{f"{split}_accuracy": c / n, f"{split}_loss": s / n, f"{split}_chance_accuracy": chance}
+                for c, s in zip(correct, nll)]
 
 
 # model types whose causal-LM forward is ``lm_head(decoder(...).last_hidden_state)``, nothing else
