@@ -76,11 +76,9 @@ def execute_pack(job: PackJob) -> PackOutcome:
     """Build the configs and run one pack; never raises."""
     start = time.perf_counter()
     try:
-        from ..serialize import spec_from_dict
-
         _import_task_module(job)
         task = get_task(job.kind)
-        configs = [spec_from_dict(task.spec_cls, c) if isinstance(c, dict) else c for c in job.configs]
+        configs = [task.build(c) if isinstance(c, dict) else c for c in job.configs]
         single_thread()
         start = time.perf_counter()
         results = list(task.run_pack(configs))

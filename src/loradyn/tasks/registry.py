@@ -107,6 +107,10 @@ class TaskKind:
             model, packages) and raise :class:`~loradyn.errors.LoradynError` (one line) for input
             that no trial could run on. Called once per distinct pack key before any training.
         description: one line for listings.
+        make_config: optional ``make_config(plain) -> config`` replacing ``spec_from_dict(spec_cls,
+            plain)``, for kinds whose trials take free-form keys (the ``python`` kind).
+        describe: optional ``describe(config) -> str``: what ``loradyn validate`` shows about the
+            resolved task (data found, split sizes, model, device); called after ``validate``.
     """
 
     kind: str
@@ -117,6 +121,8 @@ class TaskKind:
     max_pack_size: Callable[[Any], int] = _one
     validate: Callable[[Any], None] | None = None
     description: str = ""
+    make_config: Callable[[Any], Any] | None = None
+    describe: Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
@@ -129,6 +135,14 @@ class TaskKind:
     @property
     def default_metric(self) -> str | None:
         return next(iter(self.metrics), None)
+
+    def build(self, plain: Any) -> Any:
+        """A trial configuration from plain data (unknown keys and bad values: one line)."""
+        if self.make_config is not None:
+            return self.make_config(plain)
+        from ..serialize import spec_from_dict
+
+        return spec_from_dict(self.spec_cls, plain)
 
 
 _REGISTRY: dict[str, TaskKind] = {}
