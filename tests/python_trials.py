@@ -28,3 +28,8 @@ def raises(config, report):
 
 
 NOT_CALLABLE = 3
+
+
+def length_score(generated, row):
+    """A user's scoring function for hf-sft: 1 when the generated text is as long as the answer."""
+    return float(len(generated.strip()) == len(str(row["completion"])))

@@ -155,7 +155,7 @@ def _exact(text: str, pair: Pair) -> float:
 
 
 def _user_score(entry: str) -> Callable[[str, Pair], float]:
-    from .entry_points import load_callable
+    from .callables import load_callable
 
     fn = load_callable(entry, what="task.score")
 

@@ -96,17 +96,23 @@ def _metrics(value: Any, entry: str) -> dict[str, float]:
     return out
 
 
+def _reporter(curves: list[dict[str, Any]]):
+    """``report(step, **metrics)``: the callback a trial gets for its per-step curves."""
+
+    def report(step: int, **metrics: Any) -> None:
+        for name, value in metrics.items():
+            curves.append({"step": int(step), "metric": str(name), "value": float(value)})
+
+    return report
+
+
 def run_pack(configs: Sequence[PythonTrial]) -> list[TrialResult]:
     """Call the entry once per trial; an exception or a bad return value fails that trial only."""
     results = []
     for config in configs:
         start = time.perf_counter()
         curves: list[dict[str, Any]] = []
-
-        def report(step: int, **metrics: Any) -> None:
-            for name, value in metrics.items():
-                curves.append({"step": int(step), "metric": str(name), "value": float(value)})
-
+        report = _reporter(curves)
         try:
             fn = load_callable(config.entry, what="task.entry")
             metrics = _metrics(fn(dict(config), report), config.entry)

@@ -281,9 +281,12 @@ def _subset(rows: list, n: int, seed: int) -> list:
     return [rows[i] for i in order[:n]]
 
 
+AUTO_SPLIT_FRACTION, AUTO_SPLIT_MAX = 0.1, 1000  # a carved split of size 0 (the default): 10 % of the rows
+
+
 def load_splits(data, columns: Mapping[str, str] | None, *, roles: Sequence[str],
-                required: Iterable[Sequence[str]] = (), n_train: int = 0, n_val: int = 500,
-                n_test: int = 500, split_seed: int = 0) -> Splits:
+                required: Iterable[Sequence[str]] = (), n_train: int = 0, n_val: int = 0,
+                n_test: int = 0, split_seed: int = 0) -> Splits:
     """Read ``task.data`` and return its train / validation / test rows (see the module docstring).
 
     Args:
@@ -294,8 +297,8 @@ def load_splits(data, columns: Mapping[str, str] | None, *, roles: Sequence[str]
         required: alternatives, one of which must be present in full, e.g.
             ``[("prompt", "completion"), ("messages",)]``.
         n_train: train rows used (0: all).
-        n_val, n_test: rows carved for a split the source lacks; for a split the source gives, its
-            rows used (0: all).
+        n_val, n_test: rows carved for a split the source lacks (0: 10 % of the rows, at least 1 and
+            at most 1000); for a split the source gives, its rows used (0: all).
         split_seed: seed of the split (as in :func:`~loradyn.tasks.data.split_examples`) and of the subsets.
 
     Raises:
@@ -318,6 +321,8 @@ def load_splits(data, columns: Mapping[str, str] | None, *, roles: Sequence[str]
     if feature is not None and type(feature).__name__ == "ClassLabel":
         label_names = tuple(feature.names)
     carve = [p for p in ("val", "test") if p not in rows]
+    auto = max(1, min(AUTO_SPLIT_MAX, round(AUTO_SPLIT_FRACTION * len(rows["train"]))))
+    n_val, n_test = (n if n or part not in carve else auto for part, n in (("val", n_val), ("test", n_test)))
     if carve:
         train, val, test = split_examples(rows["train"], n_val=n_val if "val" in carve else 0,
                                           n_test=n_test if "test" in carve else 0, seed=split_seed, n_train=n_train)
