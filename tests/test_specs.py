@@ -63,6 +63,14 @@ def test_enum_init_serialises_as_its_value(tmp_path: Path) -> None:
     assert LoraSpec.from_yaml(spec.to_yaml(tmp_path / "s.yaml")).init == "B"
 
 
+@pytest.mark.parametrize("init", ["A", "B", "AB", "gaussian", "pissa", "pissa_niter_4", "olora", "orthogonal"])
+def test_every_init_method_round_trips_through_yaml(init: str, tmp_path: Path) -> None:
+    spec = LoraSpec(rank=4, init=init)
+    assert LoraSpec.from_yaml(spec.to_yaml(tmp_path / "s.yaml")) == spec
+    assert LoraSpec.from_yaml(LoraSpec().to_yaml(tmp_path / "d.yaml"), [f"init={init}", "rank=4"]).init == init
+    assert LoraSpec().init == "A"
+
+
 def test_yaml_values_are_coerced(tmp_path: Path) -> None:
     path = tmp_path / "lora.yaml"
     path.write_text("rank: '8'\nalpha: 16\nrslora: yes\ndropout: 0\nstd_b: 1e-2\ntarget_modules: [c_attn]\n")
@@ -115,8 +123,13 @@ INVALID = [
     ({"dropout": 1}, "dropout must satisfy 0 <= dropout < 1"),
     ({"dropout": 1.5}, "dropout must satisfy 0 <= dropout < 1"),
     ({"dropout": -0.1}, "dropout must satisfy 0 <= dropout < 1"),
-    ({"init": "C"}, "init: 'C' is not one of 'A', 'B'"),
-    ({"init": "a"}, "init: 'a' is not one of 'A', 'B'"),
+    ({"init": "C"}, "init: unknown init method 'C': use A, B, AB, gaussian, pissa, pissa_niter_<K>"),
+    ({"init": "a"}, "init: unknown init method 'a'"),
+    ({"init": "pissa_niter_0"}, "init: unknown init method 'pissa_niter_0'"),
+    ({"init": "pissa_niter_x"}, "init: unknown init method 'pissa_niter_x'"),
+    ({"init": "pissa", "std_a": 0.1}, "init='pissa' is PEFT's, with its own distribution"),
+    ({"init": "olora", "distribution": "gaussian"}, "init='olora' is PEFT's, with its own distribution"),
+    ({"init": "orthogonal", "rank": 3}, "init='orthogonal' needs an even rank"),
     ({"distribution": "normal"}, "distribution: 'normal' is not one of 'kaiming_uniform', 'gaussian'"),
     ({"std_a": 0}, "std_a must be a finite number > 0"),
     ({"std_a": -0.1}, "std_a must be a finite number > 0"),

@@ -1,9 +1,13 @@
-"""Init[A] and Init[B]: the two zero-product LoRA initializations (arXiv 2406.08447).
+"""Init[A] and Init[B], the two zero-product LoRA initializations (arXiv 2406.08447), and Init[AB].
 
 This module is the only place where the initialization math lives.
 
 * **Init[A]** (``scheme="A"``; PEFT's default): ``lora_B = 0``, ``lora_A`` random.
 * **Init[B]** (``scheme="B"``; the LoRA+ authors' default): ``lora_A = 0``, ``lora_B`` random.
+* **Init[AB]** (``scheme="AB"``; the idea of arXiv 2505.23194): both random, A drawn as under
+  Init[A] and B as under Init[B], so ``B @ A != 0`` and the model does NOT start from the
+  pretrained function (the base weight is left as it is). The variances are loradyn's choice
+  (see :mod:`loradyn.init_methods`).
 
 Both start from the pretrained function (``B @ A = 0``) but train differently: Init[A] admits
 learning rates ``∝ n^-1/2`` in width n at the price of internal instability (``Z_A = A x`` grows
@@ -45,6 +49,7 @@ class InitScheme(str, Enum):
 
     A = "A"  # Init[A]: A random, B = 0
     B = "B"  # Init[B]: A = 0, B random
+    AB = "AB"  # Init[AB]: A and B random (A as under Init[A], B as under Init[B]), B @ A != 0
 
 
 def _scheme(scheme: InitScheme | str) -> InitScheme:
@@ -52,7 +57,8 @@ def _scheme(scheme: InitScheme | str) -> InitScheme:
         return InitScheme(scheme.value if isinstance(scheme, InitScheme) else str(scheme).upper())
     except ValueError:
         raise LoradynError(
-            f"unknown init scheme {scheme!r}: use 'A' (Init[A]: B=0, A random) or 'B' (Init[B]: A=0, B random)"
+            f"unknown init scheme {scheme!r}: use 'A' (Init[A]: B=0, A random), 'B' (Init[B]: A=0, B random) or "
+            "'AB' (both random); PEFT's inits (gaussian, pissa, olora, orthogonal) go through loradyn.init_methods.apply_init_"
         ) from None
 
 
@@ -127,25 +133,27 @@ def init_pair_(
 ) -> None:
     """Initialise one pair of raw tensors, ``lora_A`` (..., r, in) and ``lora_B`` (..., out, r).
 
-    ``fan_in`` defaults to ``lora_A.shape[-1]`` (pass 1 for embeddings). Exactly one tensor is
-    drawn from ``generator`` (a ``torch.Generator`` or an int seed; A for Init[A], B for Init[B]);
-    the other is zeroed.
+    ``fan_in`` defaults to ``lora_A.shape[-1]`` (pass 1 for embeddings). Init[A] and Init[B] draw
+    exactly one tensor from ``generator`` (a ``torch.Generator`` or an int seed; A for Init[A], B
+    for Init[B]) and zero the other; Init[AB] draws A (as Init[A] does), then B (as Init[B] does).
     """
     scheme = _scheme(scheme)
     generator = make_generator(generator)
     rank = int(lora_A.shape[-2])
-    if scheme is InitScheme.A:
+    if scheme is InitScheme.B:
+        lora_A.zero_()
+    else:
         std = std_a if std_a is not None else default_std(fan_in or int(lora_A.shape[-1]), distribution)
         draw_(lora_A, std, distribution, generator)
+    if scheme is InitScheme.A:
         lora_B.zero_()
     else:
         std = std_b if std_b is not None else default_std(rank, distribution)
-        lora_A.zero_()
         draw_(lora_B, std, distribution, generator)
 
 
 def _refresh_dora_magnitude(handle: LoraHandle) -> None:
-    """Reset DoRA's magnitude to ||W + s·B@A|| row norms (= ||W||, since B@A = 0 after init)."""
+    """Reset DoRA's magnitude to ||W + s·B@A|| row norms (= ||W|| when B@A = 0, i.e. not under Init[AB])."""
     mag = handle.magnitude
     if mag is None:
         return
@@ -156,12 +164,13 @@ def _refresh_dora_magnitude(handle: LoraHandle) -> None:
     fan_in_fan_out = bool(getattr(dora, "fan_in_fan_out", handle.fan_in_fan_out))
     # at least float32 (half-precision norms are inaccurate), float64 for float64 models
     dtype = torch.float64 if base_weight.dtype == torch.float64 else torch.float32
-    weight = base_weight.T if fan_in_fan_out else base_weight
-    lora_weight = torch.zeros_like(weight, dtype=dtype)
+    # B @ A is (out, in) (embeddings: (dim, vocab)), the orientation get_weight_norm adds it in
+    lora_weight = handle.lora_B.detach().to(dtype) @ handle.lora_A.detach().to(dtype)
     if hasattr(dora, "get_weight_norm"):
         norm = dora.get_weight_norm(base_weight.to(dtype), lora_weight, handle.scaling)
     else:  # pragma: no cover - older PEFT
-        norm = torch.linalg.norm(weight.to(dtype), dim=1)
+        weight = base_weight.T if fan_in_fan_out else base_weight
+        norm = torch.linalg.norm(weight.to(dtype) + handle.scaling * lora_weight, dim=1)
     mag.data.copy_(norm.reshape(mag.shape).to(mag.dtype))
 
 
@@ -176,16 +185,17 @@ def init_lora_(
     force: bool = False,
     adapter: str | None = None,
 ) -> int:
-    """Re-initialise every LoRA pair in ``model`` in place with Init[A] or Init[B].
+    """Re-initialise every LoRA pair in ``model`` in place with Init[A], Init[B] or Init[AB].
 
     Works on loradyn's own layers and on PEFT LoRA layers (nn.Linear, Conv1D with
     ``fan_in_fan_out``, nn.Embedding's ``lora_embedding_A/B``), for every adapter. Under DoRA the
-    magnitude vector is reset to the base weight's row norms, which is what DoRA's own init gives
-    for ``B @ A = 0``.
+    magnitude vector is reset to the row norms of ``W + s·B @ A`` (the base weight's under Init[A]
+    and Init[B]), which is what DoRA's own init gives.
 
     Args:
         model: a model holding LoRA layers (a ``PeftModel``, or one prepared by :func:`apply_lora`).
-        scheme: ``"A"`` (B = 0, A random) or ``"B"`` (A = 0, B random).
+        scheme: ``"A"`` (B = 0, A random), ``"B"`` (A = 0, B random) or ``"AB"`` (both random,
+            B @ A != 0: the model no longer computes the pretrained function).
         std_a, std_b: override the default standard deviation of the random factor.
         distribution: ``"kaiming_uniform"`` (default; PEFT-like) or ``"gaussian"`` (N(0, 1/fan_in)).
         generator: a ``torch.Generator`` or an int seed; ``None`` uses torch's default generator.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import LoradynError, SpecError
+from .init_methods import check_init_method, is_peft_method
 from .overrides import apply_overrides
 from .serialize import load_yaml, save_spec, spec_from_dict, spec_to_dict
 
@@ -64,7 +65,10 @@ class LoraSpec:
     Attributes:
         rank: r >= 1.
         alpha: PEFT's ``lora_alpha``; ``scaling = alpha / rank`` (``alpha / sqrt(rank)`` with rslora).
-        init: ``"A"`` = Init[A] (B = 0, A random; PEFT's default) or ``"B"`` = Init[B] (A = 0, B random).
+        init: ``"A"`` = Init[A] (B = 0, A random; PEFT's default), ``"B"`` = Init[B] (A = 0, B random),
+            ``"AB"`` (both random, B·A != 0), or PEFT's ``"gaussian"``, ``"pissa"``,
+            ``"pissa_niter_<K>"`` (K >= 1), ``"olora"``, ``"orthogonal"`` (even rank): see
+            :mod:`loradyn.init_methods`. PEFT's inits take no ``distribution``/``std_a``/``std_b``.
         distribution: ``"kaiming_uniform"`` (PEFT-like; variance 1/(3 fan_in)) or ``"gaussian"``
             (N(0, 1/fan_in)). See :func:`loradyn.init_lora_`.
         std_a, std_b: explicit standard deviations that override the distribution's default.
@@ -93,6 +97,7 @@ class LoraSpec:
     ``distribution="gaussian"``,      ``init_lora_weights=``         A ~ N(0, (1/r)^2), B = 0
     ``std_a=1/rank``                  ``"gaussian"``
     ``init="B"``, ``std_b``           (none)                         loradyn only: ``from_peft`` keywords
+    ``init="AB"``, ``"pissa"``...     (not converted)                loradyn applies them (init_methods)
     ================================= ============================== ====================================
 
     Every other ``LoraConfig`` option (DoRA, bias, rank/alpha patterns, layers_to_transform, ...)
@@ -102,7 +107,7 @@ class LoraSpec:
 
     rank: int = 8
     alpha: float = 8.0
-    init: Literal["A", "B"] = "A"
+    init: str = "A"
     distribution: Distribution = "kaiming_uniform"
     std_a: float | None = None
     std_b: float | None = None
@@ -116,8 +121,10 @@ class LoraSpec:
             raise SpecError(f"rank must be an integer >= 1, got {self.rank!r}")
         if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
             raise SpecError(f"alpha must be a finite number > 0, got {self.alpha!r}")
-        if self.init not in ("A", "B"):
-            raise SpecError(f"init must be 'A' (Init[A]: B=0) or 'B' (Init[B]: A=0), got {self.init!r}")
+        try:
+            object.__setattr__(self, "init", check_init_method(self.init))
+        except LoradynError as err:
+            raise SpecError(f"init: {err}") from None
         if self.distribution not in ("kaiming_uniform", "gaussian"):
             raise SpecError(
                 f"distribution must be 'kaiming_uniform' or 'gaussian', got {self.distribution!r}"
@@ -126,6 +133,12 @@ class LoraSpec:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
                 raise SpecError(f"{name} must be a finite number > 0 (or null for the default), got {value!r}")
+        if is_peft_method(self.init):
+            if self.std_a is not None or self.std_b is not None or self.distribution != "kaiming_uniform":
+                raise SpecError(f"init={self.init!r} is PEFT's, with its own distribution: leave distribution, "
+                                "std_a and std_b at their defaults (they are for A, B, AB)")
+            if self.init == "orthogonal" and self.rank % 2:
+                raise SpecError(f"init='orthogonal' needs an even rank (PEFT's orthogonal init), got rank={self.rank}")
         if not isinstance(self.rslora, bool):
             raise SpecError(f"rslora must be true or false, got {self.rslora!r}")
         if not _is_number(self.dropout) or not (0.0 <= self.dropout < 1.0):

@@ -32,6 +32,20 @@ def test_pack_key_ignores_adapter_fields_only():
     assert task.pack_key(tiny_sentiment(seed=1)) == task.pack_key(tiny_sentiment(seed=2))
 
 
+def test_pack_key_gives_base_rewriting_inits_a_pack_each():
+    """pissa/olora rewrite the base weights: adapters sharing one base cannot each do it."""
+    task = get_task("sentiment")
+    ab = tiny_sentiment(optim__lr_a=1e-3, lora__init="AB")
+    assert task.pack_key(ab) == task.pack_key(tiny_sentiment(optim__lr_a=1e-2, lora__init="orthogonal"))
+    assert task.pack_key(ab) == task.pack_key(tiny_sentiment(optim__lr_a=3e-3, lora__init="gaussian", seed=3))
+    for init in ("pissa", "pissa_niter_2", "olora"):
+        p1 = tiny_sentiment(optim__lr_a=1e-3, lora__init=init)
+        assert task.pack_key(p1) == task.pack_key(tiny_sentiment(optim__lr_a=1e-3, lora__init=init))
+        assert task.pack_key(p1) != task.pack_key(tiny_sentiment(optim__lr_a=1e-2, lora__init=init))
+        assert task.pack_key(p1) != task.pack_key(tiny_sentiment(optim__lr_a=1e-3, lora__init=init, seed=1))
+        assert task.pack_key(p1) != task.pack_key(tiny_sentiment(optim__lr_a=1e-3, lora__init="A"))
+
+
 def test_run_pack_returns_one_result_per_trial(tmp_path, monkeypatch):
     monkeypatch.setenv("LORADYN_CACHE", str(tmp_path))
     task = get_task("sentiment")

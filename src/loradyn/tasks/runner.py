@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..init_methods import modifies_base
 from ..serialize import spec_to_dict
 from .assets import cache_dir
 from .recipes import make_recipe
@@ -45,8 +46,14 @@ _RECIPES: dict[str, Any] = {}  # one recipe (data + tokenizer) per task section,
 
 
 def pack_key(config: Any) -> str:
-    """Everything that adapters of one pack must share: all but lr, ratio, init and (maybe) seed."""
+    """Everything that adapters of one pack must share: all but lr, ratio, init and (maybe) seed.
+
+    A trial whose init rewrites the base weights (``modifies_base``: pissa, olora) cannot share a
+    base model, so its key is its whole configuration: it forms a pack of its own.
+    """
     data = spec_to_dict(config)
+    if modifies_base(config.lora.init):
+        return json.dumps({"solo": data}, sort_keys=True)
     for section, name in _ADAPTER_FIELDS:
         data[section].pop(name, None)
     data["train"].pop("pack", None)

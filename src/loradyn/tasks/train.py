@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import LoradynError
-from ..init import init_lora_
+from ..init_methods import apply_init_, modifies_base
 from ..optim import create_loraplus_optimizer
 from ..packs import (
     AdapterPack,
@@ -93,12 +93,18 @@ def prepare_precision(model, train) -> None:
 def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype = torch.float32):
     """A PEFT model over ``base`` with one adapter per config (``default`` when solo), initialised.
 
+    Each adapter gets its config's ``lora.init`` (:func:`loradyn.init_methods.apply_init_`, seeded
+    with the trial seed). An init that rewrites the base weight (pissa, olora) must run solo.
+
     Returns:
         ``(model, adapter_names)``.
     """
     from peft import get_peft_model
 
     first = configs[0]
+    rewriting = [c.lora.init for c in configs if modifies_base(c.lora.init)]
+    if rewriting and len(configs) > 1:
+        raise LoradynError(f"init {rewriting[0]!r} rewrites the base weights: such a trial cannot share a pack, run it solo")
     base = recipe.base_model(dtype) if base is None else base
     targets = check_targets(base, first.lora.target_modules)
     peft_config = lora_config(first.lora, task_type=recipe.task_type, targets=targets)
@@ -109,8 +115,8 @@ def build_model(recipe, configs: Sequence[Any], base=None, *, dtype: torch.dtype
     if len(names) > 1:
         add_adapters(model, names[1:], peft_config)
     for name, c in zip(names, configs):  # one init path for solo runs and packs
-        init_lora_(model, c.lora.init, std_a=c.lora.std_a, std_b=c.lora.std_b, distribution=c.lora.distribution,
-                   generator=c.seed, adapter=name)
+        apply_init_(model, c.lora.init, std_a=c.lora.std_a, std_b=c.lora.std_b, distribution=c.lora.distribution,
+                    generator=c.seed, adapter=name)
         recipe.reset_head(model, name, c.seed)
     prepare_precision(model, first.train)
     return model, names
