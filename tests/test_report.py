@@ -59,6 +59,8 @@ def test_report_for_one_sweep_with_heatmap_and_probes(tmp_path):
     run_sweep(sweep_toy.toy_sweep(), tmp_path / "plain", executor="serial", quiet=True)
     plain = write_report(tmp_path / "plain")["md"].read_text()
     assert "Optimal learning rate" in plain and "lr_grid_opt" in plain and len(_png_names(plain)) == 1
+    # the inits compared at their own optimal lr, with three-valued verdicts
+    assert "### Best vs best" in plain and "is better than" in plain and "| rank | lora.init |" in plain
 
 
 def test_report_for_a_parent_of_experiments_with_verdicts(tmp_path):

@@ -65,6 +65,31 @@ def _verdict_blocks(summary_path: Path) -> list[Block]:
     return [("h3", "Verdicts"), ("p", text), ("table", table)]
 
 
+def _best_vs_best_blocks(view: figures.SweepView) -> list[Block]:
+    """Each method (init, LoRA+ ratio) at its own optimal lr, best first, with the verdicts."""
+    from .comparison import best_vs_best
+
+    blocks: list[Block] = []
+    for key, group in view.groups(view.facets):
+        table, verdicts = best_vs_best(group, metric=view.metric, mode=view.mode)
+        if table.empty:
+            continue
+        where = ", ".join(f"{c}={v}" for c, v in zip(view.facets, key))
+        blocks += [("h3", "Best vs best" + (f" ({where})" if where else "")),
+                   ("p", f"Each method at its own optimal learning rate (the grid lr with the best seed-mean "
+                    f"{view.metric}), best first; a difference decides only beyond the seed std."),
+                   ("table", table)]
+        if verdicts:
+            blocks.append(("table", _verdict_frame(verdicts)))
+    return blocks
+
+
+def _verdict_frame(verdicts) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([{k: v for k, v in d.to_dict().items() if k != "holds"} for d in verdicts])
+
+
 def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block]:
     store = SweepStore.open(sweep_dir)
     try:
@@ -119,6 +144,8 @@ def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block
                         "refined by a parabola through the neighbours in log2(lr); edge marks an optimum "
                         "at the end of the grid (or next to a diverged learning rate)."),
                        ("table", best)]
+    if view.lr == "optim.lr_a":
+        blocks += _best_vs_best_blocks(view)
     if not probes.empty:
         shown = len(blocks)
         img(lambda: figures.feature_norm_curves(view, probes, curves), "Z_A and Z_B norms (and the train "

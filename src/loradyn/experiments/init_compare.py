@@ -23,16 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-from ..analysis import optimal_lr, seed_stats
+from ..comparison import init_verdicts, method_rows
 from .framework import (
     Context,
     Experiment,
     Outcome,
-    Verdict,
-    noise_reason,
     results_frame,
-    seeds_reason,
-    spread,
 )
 from .grids import run_grid
 
@@ -91,88 +87,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-CHANCE_MARGIN = 0.01  # an accuracy this close to the majority-class rate is "at chance" when no seed std is known
-
-
-def _chance(df: pd.DataFrame, metric: Metric) -> float | None:
-    """The majority-class accuracy of the selection split (classification kinds report it)."""
-    column = metric.name.replace("accuracy", "chance_accuracy")
-    if not metric.name.endswith("accuracy") or column not in df:
-        return None
-    values = pd.to_numeric(df[column], errors="coerce").dropna()
-    return float(values.mean()) if len(values) else None
-
-
-def _column_reasons(row: Mapping[str, Any], curve: pd.DataFrame, chance: float | None, who: str) -> dict[str, str]:
-    """Why this column's optimum cannot decide a claim, by kind of reason."""
-    reasons: dict[str, str] = {}
-    if row["edge"] in ("low", "high", "none"):
-        reasons["edge"] = f"{who}'s optimum on a grid edge ({row['edge']})"
-    best, std = float(row["metric_opt"]), float(row["metric_opt_std"])
-    if chance is not None and math.isfinite(best):
-        margin = std if math.isfinite(std) else CHANCE_MARGIN
-        if best - chance <= max(margin, CHANCE_MARGIN):
-            reasons["chance"] = f"{who} at chance level ({best:.3g} vs majority class {chance:.3g})"
-    others = curve[curve[LR] != row["lr_grid_opt"]]["mean"].to_numpy(dtype=float)
-    others = others[pd.notna(others) & (abs(others) != math.inf)]
-    if len(others) and math.isfinite(std) and math.isfinite(best):
-        runner_up = others.max() if row.get("mode") == "max" else others.min()
-        if abs(best - runner_up) <= std:
-            reasons["flat"] = f"{who}'s best lr beats the next within the seed std {std:.2g}"
-    return reasons
-
-
 def analyse(df: pd.DataFrame, metric: Metric, tiebreak: str | None = None) -> dict[str, Any]:
     """Optimal lr per (init, lr_ratio), the best seed-mean metric, the test metric there, and the
-    three-valued verdicts (docs/theory.md §8)."""
-    opt = optimal_lr(df, [INIT, RATIO], lr=LR, metric=metric.name, mode=metric.mode, refine=False,
-                     tiebreak=tiebreak if tiebreak in df else None)
-    curves = seed_stats(df, _KEYS, metric=metric.name, mode=metric.mode)
-    test = seed_stats(df, _KEYS, metric=metric.test, mode=metric.mode) if metric.test in df else None
-    chance = _chance(df, metric)
-    columns, reasons = [], {}
-    for r in opt.to_dict("records"):
-        init, ratio, lr = r[INIT], r[RATIO], r["lr_grid_opt"]
-        curve = curves[(curves[INIT] == init) & (curves[RATIO] == ratio)].sort_values(LR)
-        row = {"init": str(init), "lr_ratio": float(ratio), "optimal_lr": float(lr),
-               f"best_{metric.name}": _finite(r["metric_opt"]), f"best_{metric.name}_std": _finite(r["metric_opt_std"]),
-               "n_seeds": int(r["n_seeds"]), "interior": r["edge"] in ("", "unstable"), "edge": r["edge"],
-               "curve": {float(a): _finite(m) for a, m in zip(curve[LR], curve["mean"])}}
-        if chance is not None:
-            row["chance"] = chance
-        if test is not None:
-            t = test[(test[INIT] == init) & (test[RATIO] == ratio) & (test[LR] == lr)]
-            row[f"{metric.test}_at_optimum"] = _finite(t["mean"].iloc[0]) if len(t) else None
-        columns.append(row)
-        reasons[(row["init"], row["lr_ratio"])] = _column_reasons({**r, "mode": metric.mode}, curve, chance,
-                                                                  f"Init[{init}]")
-    plain = {c["init"]: c for c in columns if c["lr_ratio"] == 1.0}
-    verdicts = []
-    if "A" in plain and "B" in plain:
-        a, b = plain["A"], plain["B"]
-        ra, rb = reasons[("A", 1.0)], reasons[("B", 1.0)]
-        few = seeds_reason(min(a["n_seeds"], b["n_seeds"]))
-        verdicts.append(Verdict.check(
-            "Init[A]'s optimal learning rate is larger than Init[B]'s",
-            "optimal lr Init[A] > Init[B]",
-            f"Init[A] {a['optimal_lr']:.3g}, Init[B] {b['optimal_lr']:.3g}",
-            bool(a["optimal_lr"] > b["optimal_lr"]),
-            [few, *(x.get(k) for k in ("edge", "chance", "flat") for x in (ra, rb))],
-        ))
-        ma, mb = a[f"best_{metric.name}"], b[f"best_{metric.name}"]
-        better = (ma is not None and mb is not None) and (ma >= mb if metric.mode == "max" else ma <= mb)
-        sa, sb = a[f"best_{metric.name}_std"], b[f"best_{metric.name}_std"]
-        verdicts.append(Verdict.check(
-            f"Init[A]'s best {metric.name} is at least as good as Init[B]'s",
-            f"best {metric.name} Init[A] {'>=' if metric.mode == 'max' else '<='} Init[B]",
-            f"Init[A] {_fmt(ma)}, Init[B] {_fmt(mb)} (seed means)",
-            bool(better),
-            [few, ra.get("chance"), rb.get("chance"),
-             noise_reason(ma if ma is not None else math.nan, mb if mb is not None else math.nan,
-                          spread(sa if sa is not None else math.nan, sb if sb is not None else math.nan))],
-        ))
+    papers' two three-valued verdicts (:mod:`loradyn.comparison`, docs/theory.md §8)."""
+    rows = method_rows(df, metric=metric.name, mode=metric.mode, methods=[INIT, RATIO], lr=LR,
+                       tiebreak=tiebreak, test_metric=metric.test)
+    columns = []
+    for r in rows:
+        column = {"init": str(r["key"][INIT]), "lr_ratio": float(r["key"][RATIO]), "optimal_lr": r["optimal_lr"],
+                  f"best_{metric.name}": r["best"], f"best_{metric.name}_std": r["best_std"],
+                  "n_seeds": r["n_seeds"], "interior": r["interior"], "edge": r["edge"], "curve": r["curve"]}
+        if r["chance"] is not None:
+            column["chance"] = r["chance"]
+        if "test_at_optimum" in r:
+            column[f"{metric.test}_at_optimum"] = r["test_at_optimum"]
+        columns.append(column)
     return {"metric": metric.name, "mode": metric.mode, "test_metric": metric.test, "columns": columns,
-            "verdicts": verdicts}
+            "verdicts": init_verdicts(rows, metric.name, metric.mode)}
 
 
 def _add_feature_norms(analysis: dict[str, Any], sweep_dir: Path, df: pd.DataFrame) -> None:
