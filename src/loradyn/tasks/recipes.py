@@ -22,7 +22,7 @@ from ..errors import LoradynError
 from .models import load_model, load_tokenizer, reset_head_
 from .presets import classify_data
 
-__all__ = ["ClassifyRecipe", "Recipe", "make_recipe"]
+__all__ = ["ClassifyRecipe", "Recipe"]
 
 IGNORE = -100
 
@@ -167,17 +167,3 @@ class ClassifyRecipe(Recipe):
         chance = float(counts.max()) / n  # the majority class's share: accuracy of a constant guess
         return [{f"{split}_accuracy": c / n, f"{split}_loss": s / n, f"{split}_chance_accuracy": chance}
                 for c, s in zip(correct, nll)]
-
-
-def make_recipe(task: Any) -> Recipe:
-    """The recipe of a task section, by what the kind learns: classification, language modelling,
-    or supervised finetuning on prompt / completion pairs."""
-    from .lm import CausalLMRecipe, SFTRecipe
-
-    if task.kind in ("sentiment", "trec6", "hf-classify"):
-        return ClassifyRecipe(task)
-    if task.kind in ("wiki-lm", "hf-causal-lm"):
-        return CausalLMRecipe(task)
-    if task.kind in ("gsm", "hf-sft"):
-        return SFTRecipe(task)
-    raise LoradynError(f"no recipe for task kind {task.kind!r}")

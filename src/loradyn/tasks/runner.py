@@ -24,10 +24,12 @@ from typing import Any
 
 import torch
 
+from ..errors import LoradynError
 from ..init_methods import modifies_base
 from ..serialize import spec_to_dict
 from .assets import cache_dir
-from .recipes import make_recipe
+from .lm import CausalLMRecipe, SFTRecipe
+from .recipes import ClassifyRecipe, Recipe
 from .registry import TrialResult
 from .train import (
     SoloPack,
@@ -38,7 +40,7 @@ from .train import (
     train_trials,
 )
 
-__all__ = ["cached_pack_decision", "decide_pack", "max_pack_size", "pack_key", "run_pack", "validate"]
+__all__ = ["cached_pack_decision", "decide_pack", "describe", "max_pack_size", "pack_key", "run_pack", "validate"]
 
 _ADAPTER_FIELDS = {("optim", "lr_a"), ("optim", "lr_ratio"), ("optim", "weight_decay"), ("lora", "init"),
                    ("lora", "std_a"), ("lora", "std_b"), ("lora", "distribution")}
@@ -61,6 +63,18 @@ def pack_key(config: Any) -> str:
     if config.train.data_order_seed is not None:
         data.pop("seed", None)
     return json.dumps(data, sort_keys=True)
+
+
+def make_recipe(task: Any) -> Recipe:
+    """The recipe of a task section, by what the kind learns: classification, language modelling,
+    or supervised finetuning on prompt / completion pairs."""
+    if task.kind in ("sentiment", "trec6", "hf-classify"):
+        return ClassifyRecipe(task)
+    if task.kind in ("wiki-lm", "hf-causal-lm"):
+        return CausalLMRecipe(task)
+    if task.kind in ("gsm", "hf-sft"):
+        return SFTRecipe(task)
+    raise LoradynError(f"no recipe for task kind {task.kind!r}")
 
 
 def recipe_for(task: Any):
@@ -126,6 +140,15 @@ def validate(config: Any) -> None:
     recipe.check_batch_size(config.train.batch_size)
     check_targets(recipe.base_model(), config.lora.target_modules)
     _warn_slow_bf16(config)
+
+
+def describe(config: Any) -> str:
+    """The resolved task for ``loradyn validate``: data source, columns, split sizes, model."""
+    from .models import resolve_model
+
+    recipe = recipe_for(config.task)
+    return (f"task {config.task.kind}: {recipe.describe()}\n"
+            f"model {config.task.model}: {resolve_model(config.task.model)}")
 
 
 def run_pack(configs: Sequence[Any]) -> list[TrialResult]:

@@ -30,7 +30,12 @@ def validate(config: Any) -> None:
     _runner().validate(config)
 
 
+def describe(config: Any) -> str:
+    return _runner().describe(config)
+
+
 def real_kind(kind: str, spec_cls: type, metrics: Mapping[str, Direction], description: str) -> TaskKind:
     """A real-model kind: trials trained by :func:`loradyn.tasks.runner.run_pack` (packs or solo runs)."""
     return TaskKind(kind=kind, spec_cls=spec_cls, run_pack=run_pack, pack_key=pack_key,
-                    max_pack_size=max_pack_size, validate=validate, metrics=metrics, description=description)
+                    max_pack_size=max_pack_size, validate=validate, describe=describe, metrics=metrics,
+                    description=description)
