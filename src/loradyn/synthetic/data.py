@@ -2,11 +2,12 @@
 
 Every random tensor has its own named stream, seeded by a hash of ``(stream, seed)``
 (:func:`stream_generator`), so the same seed gives the same teacher, data and student init in any
-process, whatever else is drawn (with or without W*, any dtype, any pack). Draws are made in
-float64 and rounded to the run's dtype.
+process, whatever else is drawn (with or without W*, any dtype, any pack). Draws are made on the
+CPU in float64, rounded to the run's dtype and only then moved to the run's device
+(``train.device``), so every device starts from the same numbers.
 
 The frozen parts ``H = φ(x W_inᵀ)`` and ``G = H W*ᵀ`` (train and test) and the teacher's targets
-are computed once per (width, data seed, dtype) and kept in a small per-process cache
+are computed once per (width, data seed, dtype, device), on the device, and kept in a small per-process cache
 (:func:`frozen_parts`), so consecutive packs in one worker share them too.
 """
 
@@ -82,9 +83,11 @@ class FrozenParts:
     w_star: torch.Tensor | None = None
 
 
-def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_star: bool) -> FrozenParts:
+def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_star: bool,
+           device: torch.device) -> FrozenParts:
     w = teacher_weights(task, data_seed)
-    cast = {k: v.to(dtype) for k, v in w.items()}
+    # rounded on the CPU, then moved; popping frees each float64 draw (n² of them for W*) at once
+    cast = {k: _moved(w.pop(k).to(dtype), device) for k in list(w)}
     parts: dict[str, torch.Tensor | None] = {}
     for split in ("train", "test"):
         h = torch.relu(cast[f"x_{split}"] @ cast["w_in"].T)
@@ -98,12 +101,18 @@ def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_s
     return FrozenParts(**parts, w_out=cast["w_out"].contiguous(), w_star=w_star)
 
 
-def frozen_parts(config: SyntheticSpec, *, keep_w_star: bool = False) -> FrozenParts:
-    """The frozen parts for ``config``'s task, data seed and dtype (cached per process)."""
+def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def frozen_parts(config: SyntheticSpec, *, keep_w_star: bool = False,
+                 device: torch.device | str = "cpu") -> FrozenParts:
+    """The frozen parts for ``config``'s task, data seed and dtype on ``device`` (cached per process)."""
     task = config.task
+    device = torch.device(device)
     key = (
         task.width, task.d_in, task.d_out, task.n_train, task.n_test, task.teacher_rank,
-        task.with_w_star, config.data_seed, config.train.dtype,
+        task.with_w_star, config.data_seed, config.train.dtype, str(device),
     )
     hit = _CACHE.get(key)
     if hit is not None and (hit.w_star is not None or not keep_w_star or not task.with_w_star):
@@ -112,7 +121,7 @@ def frozen_parts(config: SyntheticSpec, *, keep_w_star: bool = False) -> FrozenP
     _CACHE.pop(key, None)
     while len(_CACHE) >= _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    parts = _build(task, config.data_seed, _DTYPES[config.train.dtype], keep_w_star)
+    parts = _build(task, config.data_seed, _DTYPES[config.train.dtype], keep_w_star, device)
     _CACHE[key] = parts
     return parts
 

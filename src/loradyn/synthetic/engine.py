@@ -17,6 +17,10 @@ allocation of (k, N, n) tensors (the hot loop stays in cache). Every operation i
 so a configuration's numbers do not depend on which others share its pack: removing one (e.g.
 when it diverges) leaves the rest bit-for-bit unchanged (tested).
 
+Device: everything runs where the frozen parts are (:func:`loradyn.synthetic.frozen_parts`'s
+``device``); on a GPU the row blocks are larger (:data:`GPU_BLOCK_BYTES`: there is no cache to fit),
+so the summation order, and the last bits of the results, differ from the CPU's.
+
 Divergence: the loss of every live configuration is checked at every step; a non-finite loss or
 one above ``train.blowup_factor`` × its step-0 loss freezes the configuration at that step (it is
 removed from the pack before its update) and it is reported as ``diverged``.
@@ -127,15 +131,18 @@ def _steps_set(every: int, extra: Sequence[int], steps: int) -> set[int]:
 
 
 BLOCK_BYTES = 1 << 18  # per configuration: rows of P processed at once (~256 KB each)
+GPU_BLOCK_BYTES = 1 << 26  # on an accelerator: 64 MB blocks (few kernel launches, no cache to fit)
 
 
-def block_rows(n: int, n_train: int, itemsize: int) -> int:
-    """Data rows per block, so that one configuration's block of P is ~``BLOCK_BYTES``.
+def block_rows(n: int, n_train: int, itemsize: int, device_type: str = "cpu") -> int:
+    """Data rows per block, so that one configuration's block of P is ~``BLOCK_BYTES``
+    (``GPU_BLOCK_BYTES`` off the CPU).
 
-    It depends on the width and dtype only, never on how many configurations share the pack:
-    the summation order of every loss and gradient is then the same in any pack.
+    It depends on the width, dtype and device only, never on how many configurations share the
+    pack: the summation order of every loss and gradient is then the same in any pack.
     """
-    return max(8, min(n_train, (BLOCK_BYTES // max(1, n * itemsize)) // 8 * 8))
+    size = BLOCK_BYTES if device_type == "cpu" else GPU_BLOCK_BYTES
+    return max(8, min(n_train, (size // max(1, n * itemsize)) // 8 * 8))
 
 
 class _Pass:
@@ -154,10 +161,10 @@ class _Pass:
         self.n_train, self.n = self.h.shape
         self.d_out = self.w_out.shape[0]
         self.r = r
-        dtype = self.h.dtype
-        self.rows = block_rows(self.n, self.n_train, self.h.element_size())
-        self.p_flat = torch.empty(k * self.rows * self.n, dtype=dtype)
-        self.zt = torch.empty(k * r, self.n_train, dtype=dtype)  # Zᵀ of the whole step (for norms)
+        dtype, device = self.h.dtype, self.h.device
+        self.rows = block_rows(self.n, self.n_train, self.h.element_size(), device.type)
+        self.p_flat = torch.empty(k * self.rows * self.n, dtype=dtype, device=device)
+        self.zt = torch.empty(k * r, self.n_train, dtype=dtype, device=device)  # Zᵀ of the whole step (for norms)
         self.w_col = self.w_out.T.contiguous()  # (n, d_out)
 
     def run(self, a, bt, alpha, backward: bool):
@@ -166,11 +173,11 @@ class _Pass:
         d_out, scale = self.d_out, 2.0 / (self.n_train * self.d_out)
         rows = self.rows
         a_cat = a.view(kk * r, n)
-        loss = torch.zeros(kk, dtype=a.dtype)
+        loss = torch.zeros(kk, dtype=a.dtype, device=a.device)
         zt = self.zt[: kk * r]
         if backward:
-            grad_a = torch.zeros(kk * r, n, dtype=a.dtype)
-            grad_bt = torch.zeros(kk, d_out * r, n, dtype=a.dtype)
+            grad_a = torch.zeros(kk * r, n, dtype=a.dtype, device=a.device)
+            grad_bt = torch.zeros(kk, d_out * r, n, dtype=a.dtype, device=a.device)
             bw = (bt.unsqueeze(1) * self.w_out.view(1, d_out, 1, n)).view(kk, d_out * r, n).transpose(1, 2)
         w_exp = self.w_col.expand(kk, n, d_out)
         for i0 in range(0, self.n_train, rows):
@@ -209,16 +216,16 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
     """Train ``configs`` (one pack key, same data seed) together; one outcome per config, in order."""
     cfg0 = configs[0]
     train = cfg0.train
-    dtype = frozen.h_train.dtype
+    dtype, device = frozen.h_train.dtype, frozen.h_train.device
     w_out = frozen.w_out
     n_train = frozen.h_train.shape[0]
     k = len(configs)
     r = cfg0.lora.rank
 
-    inits = [init_student(c) for c in configs]
-    a = torch.stack([ai for ai, _ in inits]).contiguous()  # (k, r, n)
-    bt = torch.stack([bi.T for _, bi in inits]).contiguous()  # (k, r, n) = Bᵀ
-    col = lambda vals: torch.tensor(vals, dtype=dtype).view(-1, 1, 1)  # noqa: E731
+    inits = [init_student(c) for c in configs]  # drawn on the CPU, then moved
+    a = torch.stack([ai for ai, _ in inits]).contiguous().to(device)  # (k, r, n)
+    bt = torch.stack([bi.T for _, bi in inits]).contiguous().to(device)  # (k, r, n) = Bᵀ
+    col = lambda vals: torch.tensor(vals, dtype=dtype, device=device).view(-1, 1, 1)  # noqa: E731
     alpha = col([c.lora.alpha for c in configs])
     opt_a = _Adam(a, col([c.optim.lr_a for c in configs]), cfg0.optim)
     opt_b = _Adam(bt, col([c.optim.lr_b for c in configs]), cfg0.optim)
@@ -233,7 +240,7 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
 
     def finish(rows: list[int], t: int, losses: list[float], status: str) -> None:
         """Final metrics for live rows ``rows`` (positions in the stack) at step t."""
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=device)
         a_s, bt_s, al_s = a[idx], bt[idx], alpha[idx]
         test = eval_loss(a_s, bt_s, al_s, frozen.h_test, frozen.g_test, frozen.y_test, w_out).tolist()
         norms = _norm_rows(engine.zt.view(-1, r, n_train)[idx], bt_s, al_s, t)
@@ -251,8 +258,8 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
             for rec in norms[j]:
                 if rec["feature"] in ("z_a", "z_b"):
                     o.metrics[f"{rec['feature']}_{rec['stat']}"] = rec["value"]
-            o.lora_A = a_s[j].clone()
-            o.lora_B = bt_s[j].T.clone()
+            o.lora_A = a_s[j].clone().cpu()
+            o.lora_B = bt_s[j].T.clone().cpu()
 
     for t in range(train.steps + 1):
         kk = len(live)
@@ -302,8 +309,8 @@ def train_full(frozen: FrozenParts, config: SyntheticSpec) -> ChunkOutcome:
     h, g, y_star, w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
     n_train, n = h.shape
     d_out = w_out.shape[0]
-    dw = torch.zeros(1, n, n, dtype=h.dtype)
-    opt = _Adam(dw, torch.tensor(config.optim.lr_a, dtype=h.dtype).view(1, 1, 1), config.optim)
+    dw = torch.zeros(1, n, n, dtype=h.dtype, device=h.device)
+    opt = _Adam(dw, torch.tensor(config.optim.lr_a, dtype=h.dtype, device=h.device).view(1, 1, 1), config.optim)
     out = ChunkOutcome()
     curve_steps = _steps_set(train.curve_every, (train.steps,) if train.curve_every else (), train.steps)
     threshold = None

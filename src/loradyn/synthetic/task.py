@@ -11,6 +11,8 @@ The ``synthetic`` kind's record (:mod:`loradyn.tasks.kinds.synthetic`) calls the
   configurations at once, the size at which the (chunk, N, n) buffers still fit the cache so a
   chunk is never slower per configuration than one configuration alone (benchmarks/bench_synthetic.py).
 * ``run_pack``: never raises for one trial; an exception fails the trials of its chunk only.
+  Trials run on ``train.device`` (part of the pack key); a device that is not there fails them
+  with one line (``validate`` says it before any training).
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from ..serialize import spec_from_dict
+from ..tasks.device import check_device, resolve_device
 from ..tasks.registry import TrialResult
 from .data import frozen_parts
 from .engine import ChunkOutcome, train_full, train_lora_chunk
 from .spec import SyntheticSpec
 
-__all__ = ["PACK_SECONDS", "chunk_size", "max_pack_size", "pack_key", "run_pack", "seconds_per_step"]
+__all__ = ["PACK_SECONDS", "chunk_size", "max_pack_size", "pack_key", "run_pack", "seconds_per_step", "validate"]
 
 PACK_SECONDS = 20.0  # target work per pack (s, one core)
 _MAX_PACK = 64
 
 
-def chunk_size(width: int, rank: int = 4, n_train: int = 1000, itemsize: int = 4) -> int:
+def chunk_size(width: int, rank: int = 4, n_train: int = 1000, itemsize: int = 4, device_type: str = "cpu") -> int:
     """Configurations trained at once (the engine's K).
 
     The engine streams the data in row blocks of ~256 KB per configuration (the block size cannot
@@ -42,9 +45,9 @@ def chunk_size(width: int, rank: int = 4, n_train: int = 1000, itemsize: int = 4
     ×2.6 over K = 1) and flattens between K = 8 and 16 at n = 4096 (×2.3), so K = 16 up to
     n = 2048 and K = 8 above (smaller packs balance better across workers where one configuration
     already costs seconds). Larger ranks grow the (K, r, n) Adam state and gradients, so K
-    shrinks with r.
+    shrinks with r. On a GPU (no cache to fit, kernel launches to amortize) K = 32.
     """
-    k = 16 if width <= 2048 else 8
+    k = 32 if device_type != "cpu" else 16 if width <= 2048 else 8
     if rank > 16:
         k = max(2, k * 16 // rank)
     return k
@@ -106,7 +109,8 @@ def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[Tri
         cfg0 = specs[idxs[0]]
         t0 = time.perf_counter()
         try:
-            frozen = frozen_parts(cfg0, keep_w_star=cfg0.lora.method == "full")
+            device = check_device(cfg0.train.device)
+            frozen = frozen_parts(cfg0, keep_w_star=cfg0.lora.method == "full", device=device)
         except Exception as err:  # noqa: BLE001 - reported per trial
             for i in idxs:
                 results[i] = _failed(err, 0.0)
@@ -115,7 +119,8 @@ def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[Tri
         if cfg0.lora.method == "full":
             chunks = [[i] for i in idxs]
         else:
-            size = chunk_size(cfg0.task.width, cfg0.lora.rank, cfg0.task.n_train, 8 if cfg0.train.dtype == "float64" else 4)
+            size = chunk_size(cfg0.task.width, cfg0.lora.rank, cfg0.task.n_train,
+                              8 if cfg0.train.dtype == "float64" else 4, device.type)
             chunks = [idxs[j : j + size] for j in range(0, len(idxs), size)]
         for chunk in chunks:
             t1 = time.perf_counter()
@@ -148,6 +153,18 @@ def max_pack_size(config: Any) -> int:
     per_config = c.train.steps * seconds_per_step(c.task.width, c.lora.rank, c.task.n_train, c.lora.method)
     if c.lora.method == "full":
         return max(1, min(_MAX_PACK, int(PACK_SECONDS / per_config)))
-    chunk = chunk_size(c.task.width, c.lora.rank, c.task.n_train)
+    chunk = chunk_size(c.task.width, c.lora.rank, c.task.n_train, device_type=_device_type(c))
     n_chunks = max(1, int(PACK_SECONDS / (per_config * chunk)))
     return max(chunk, min(_MAX_PACK, chunk * n_chunks))
+
+
+def _device_type(config: SyntheticSpec) -> str:
+    try:
+        return resolve_device(config.train.device).type
+    except Exception:  # noqa: BLE001 - sizing only; run_pack reports a bad device
+        return "cpu"
+
+
+def validate(config: Any) -> None:
+    """Bad input before any training: ``train.device`` absent here (one line naming the fix)."""
+    check_device(_as_spec(config).train.device)

@@ -1,4 +1,5 @@
-"""bf16 training of the real-model tasks on CPU: what makes autocast fast, with autocast's numbers.
+"""Mixed precision of the real-model tasks: autocast and the fp16 gradient scaler on any device
+(:func:`autocast`, :func:`grad_scaler`), and bf16 on the CPU made fast with autocast's numbers.
 
 Under ``torch.autocast("cpu", torch.bfloat16)`` every frozen ``nn.Linear`` casts its float32
 weight to bf16 on every call (autocast caches casts only for weights that require grad): for
@@ -18,10 +19,31 @@ attention rounds differently from SDPA (bf16 scores, float32 softmax), within bf
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-__all__ = ["prepare_half_"]
+__all__ = ["autocast", "grad_scaler", "prepare_half_", "stores_half"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """``torch.autocast`` of ``device``'s type in ``precision``'s dtype; a null context for fp32."""
+    dtype = _DTYPES.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A ``torch.amp.GradScaler`` for fp16 (``None`` otherwise: bf16 keeps float32's exponent range)."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def stores_half(device: torch.device, precision: str) -> bool:
+    """Whether frozen Linear weights are stored in bf16 (:func:`prepare_half_`): bf16 on the CPU only,
+    where autocast re-casts them at every call; on a GPU the cast is cheap next to the matmul."""
+    return precision == "bf16" and device.type == "cpu"
 
 
 def prepare_half_(model: nn.Module, dtype: torch.dtype = torch.bfloat16, *, eager_attention: bool = True) -> int:

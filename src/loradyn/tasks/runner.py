@@ -33,7 +33,6 @@ from .recipes import ClassifyRecipe, Recipe
 from .registry import TrialResult
 from .train import (
     SoloPack,
-    _autocast,
     build_model,
     build_optimizer,
     check_pack_compatible,
@@ -104,11 +103,14 @@ def _check_data_packages(task: Any) -> None:
 _WARNED: set[str] = set()
 
 
-def _warn_slow_bf16(config: Any) -> None:
-    """One stderr line when ``train.bf16`` is on but bf16 matmuls are slow on this CPU."""
+def _warn_slow_bf16(config: Any, device: torch.device | None = None) -> None:
+    """One stderr line when ``train.bf16`` is on but bf16 matmuls are slow on this CPU (the device)."""
+    from .device import resolve_device
     from .precision import bf16_matmul_slowdown
 
     if not config.train.bf16 or "bf16" in _WARNED:
+        return
+    if (device or resolve_device(config.train.device)).type != "cpu":
         return
     slowdown = bf16_matmul_slowdown()
     if slowdown > 1.5:
@@ -130,16 +132,19 @@ def max_pack_size(config: Any) -> int:
 
 
 def validate(config: Any) -> None:
-    """Find the packages, load the data and model once and check the LoRA targets: bad input
-    fails here, in one line, before any training."""
+    """Find the packages, load the data and model once and check the LoRA targets and the device
+    (it exists here and can run ``train.precision``): bad input fails here, in one line, before any
+    training."""
+    from .device import check_device
     from .models import check_model_name, check_targets
 
+    device = check_device(config.train.device, config.train.precision)
     _check_data_packages(config.task)
     check_model_name(config.task.model)
     recipe = recipe_for(config.task)
     recipe.check_batch_size(config.train.batch_size)
     check_targets(recipe.base_model(), config.lora.target_modules)
-    _warn_slow_bf16(config)
+    _warn_slow_bf16(config, device)
 
 
 def describe(config: Any) -> str:
@@ -153,7 +158,10 @@ def describe(config: Any) -> str:
 
 def run_pack(configs: Sequence[Any]) -> list[TrialResult]:
     """Train one pack of real-model trials (as a multi-adapter pack or as solo runs, whichever
-    :func:`decide_pack` finds faster); a failure fails the trials of this pack only."""
+    :func:`decide_pack` finds faster); a failure fails the trials of this pack only (out of device
+    memory: one line naming the batch and the fix, and the device's cache is freed)."""
+    from .device import free_device_memory, is_oom, oom_line
+
     t0 = time.perf_counter()
     try:
         torch.set_num_threads(configs[0].train.threads)
@@ -162,9 +170,16 @@ def run_pack(configs: Sequence[Any]) -> list[TrialResult]:
         pack = decide_pack(recipe, configs)
         return train_trials(recipe, configs, pack=pack)
     except Exception as err:  # one failed pack -> failed results, the sweep goes on
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        oom = is_oom(err)
+        if oom:
+            error = oom_line(configs[0])
+        else:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            error = f"{type(err).__name__}: {message}"
         seconds = (time.perf_counter() - t0) / max(len(configs), 1)
-        return [TrialResult("failed", error=f"{type(err).__name__}: {message}", seconds=seconds) for _ in configs]
+    if oom:  # outside the handler: the traceback no longer holds the pack's tensors
+        free_device_memory()
+    return [TrialResult("failed", error=error, seconds=seconds) for _ in configs]
 
 
 # --- pack or solo: measured -------------------------------------------------------------------
@@ -174,10 +189,15 @@ def _calibration_path():
 
 
 def _calibration_key(config: Any, k: int) -> str:
+    from .device import resolve_device
+
     t, lora, train = config.task, config.lora, config.train
     length = getattr(t, "seq_len", None) or getattr(t, "max_length", None)
+    device = resolve_device(train.device)
+    # the CPU fp32/bf16 keys are those of before the device field (their calibrations stay valid)
+    where = "" if device.type == "cpu" and train.precision != "fp16" else f"|{device.type}|{train.precision}"
     return (f"{t.kind}|{t.model}|len{length}|bs{train.batch_size}|bf16={train.bf16}|threads={train.threads}"
-            f"|r{lora.rank}|{','.join(lora.target_modules)}|k{k}|{platform.machine()}|torch{torch.__version__}")
+            f"|r{lora.rank}|{','.join(lora.target_modules)}|k{k}|{platform.machine()}|torch{torch.__version__}{where}")
 
 
 @contextlib.contextmanager
@@ -241,24 +261,35 @@ def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 2) -> bool:
 def _stepper(recipe, configs, base):
     """A function that runs one training step of ``configs`` (solo or pack) and returns its seconds."""
     from ..packs import AdapterPack
+    from .device import resolve_device, to_device
+    from .precision import autocast
 
     model, names = build_model(recipe, configs, base)
+    train = configs[0].train
+    device = resolve_device(train.device)
+    model.to(device)
     optimizer = build_optimizer(model, names, configs)
     router = AdapterPack(model, names) if len(names) > 1 else SoloPack(names[0])
-    train = configs[0].train
     batches = recipe.train_batches(train.batch_size, 0)
 
     def step() -> float:
-        batch = next(batches)
+        batch = to_device(next(batches), device)
+        _sync(device)
         t = time.perf_counter()
-        with router, _autocast(train.bf16):
+        with router, autocast(device, train.precision):
             loss = torch.stack(recipe.train_losses(model, router, batch)).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        _sync(device)
         return time.perf_counter() - t
 
     return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+        torch.cuda.synchronize(device)
 
 
 def calibrate(recipe, configs: Sequence[Any], *, steps: int = 2) -> dict[str, Any]:

@@ -14,8 +14,9 @@ be trained as one multi-adapter pack (:mod:`loradyn.packs`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import SpecError
 from ..specs import LoraSpec, OptimSpec
@@ -30,7 +31,19 @@ __all__ = [
     "Trec6Trial",
     "WikiLMSpec",
     "WikiLMTrial",
+    "check_device_syntax",
 ]
+
+DEVICES = "auto | cpu | cuda | cuda:N | mps"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_syntax(value: Any, where: str = "train.device") -> str:
+    """``value`` if it is one of :data:`DEVICES` (syntax only: no hardware is touched), else one line."""
+    if not isinstance(value, str) or not _DEVICE_SYNTAX.fullmatch(value):
+        raise SpecError(f"{where} must be one of {DEVICES}, got {value!r}")
+    return value
 
 
 def _positive(owner: str, **values: int | float) -> None:
@@ -51,10 +64,23 @@ class TrainSpec:
 
     Attributes:
         steps: optimizer steps.
-        batch_size: examples per step (per adapter).
+        batch_size: examples per forward (per adapter): the micro-batch. An optimizer step sees
+            ``batch_size × grad_accum`` examples.
         eval_batch_size: examples per evaluation forward (per adapter).
         eval_every: also evaluate on the validation split every this many steps (0: only at the end).
-        bf16: run forward and backward under ``torch.autocast("cpu", torch.bfloat16)``.
+        device: ``auto`` (CUDA when there is one — the worker's visible device —, else MPS, else
+            the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. Whether it exists (and can run
+            ``precision``) is checked by the kind's ``validate``, before any training.
+        precision: ``fp32``; ``bf16`` (forward and backward under ``torch.autocast`` in bfloat16;
+            on the CPU the frozen Linear weights are also stored in bf16, :mod:`loradyn.tasks.precision`);
+            ``fp16`` (autocast in float16 with a ``torch.amp.GradScaler``: gradients are unscaled
+            before clipping, and a step the scaler skips for inf/nan gradients is not a divergence).
+            Trainable parameters stay float32.
+        grad_accum: micro-batches per optimizer step; each micro-batch loss is divided by
+            ``grad_accum`` (the step's loss is the mean over micro-batches, like transformers'
+            ``gradient_accumulation_steps``).
+        bf16: the older spelling of ``precision: bf16`` (``true`` sets it; with ``precision: fp16``
+            it is a contradiction and rejected). Kept equal to ``precision == "bf16"``.
         schedule: ``constant`` or ``linear`` decay to 0 after ``warmup_steps`` linear warm-up.
         warmup_steps: linear warm-up steps.
         max_grad_norm: clip each adapter's gradient norm to this (``None``: no clipping).
@@ -79,14 +105,27 @@ class TrainSpec:
     max_pack: int = 8
     data_order_seed: int | None = None
     threads: int = 1
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         _positive("train", steps=self.steps, batch_size=self.batch_size,
-                  eval_batch_size=self.eval_batch_size, max_pack=self.max_pack, threads=self.threads)
+                  eval_batch_size=self.eval_batch_size, max_pack=self.max_pack, threads=self.threads,
+                  grad_accum=self.grad_accum)
         _non_negative("train", eval_every=self.eval_every, warmup_steps=self.warmup_steps,
                       probe_every=self.probe_every)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise SpecError(f"train.max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+        check_device_syntax(self.device)
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.bf16 and self.precision == "fp16":
+            raise SpecError("train.bf16=true contradicts train.precision=fp16: drop train.bf16 "
+                            "(train.precision alone says it)")
+        if self.bf16:  # the older spelling: one canonical form, so both give the same trial
+            object.__setattr__(self, "precision", "bf16")
+        object.__setattr__(self, "bf16", self.precision == "bf16")
 
 
 @dataclass(frozen=True)

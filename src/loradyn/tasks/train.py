@@ -8,6 +8,10 @@
 
 A trial whose training loss becomes non-finite is frozen at that step and reported ``diverged``;
 the other adapters of its pack go on unaffected.
+
+The model and every batch go to ``train.device`` (:mod:`loradyn.tasks.device`); forward and
+backward run under autocast in ``train.precision`` (:mod:`loradyn.tasks.precision`), fp16 with a
+gradient scaler; an optimizer step accumulates ``train.grad_accum`` micro-batches.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from ..packs import (
     pack_param_groups,
 )
 from ..probes import FeatureNormProbe
+from .device import batches_on, resolve_device
 from .models import check_targets, lora_config
-from .precision import prepare_half_
+from .precision import autocast, grad_scaler, prepare_half_, stores_half
 from .registry import TrialResult
 
 __all__ = ["train_trials", "SoloPack"]
@@ -80,13 +85,9 @@ def _schedule(train, steps: int):
     return factor
 
 
-def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def prepare_precision(model, train) -> None:
-    """With ``train.bf16``: frozen Linear weights stored in bf16, eager attention (precision.py)."""
-    if train.bf16:
+    """bf16 on the CPU: frozen Linear weights stored in bf16, eager attention (precision.py)."""
+    if stores_half(resolve_device(train.device), train.precision):
         prepare_half_(model, torch.bfloat16)
 
 
@@ -167,9 +168,13 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
     t0 = time.perf_counter()
     train = configs[0].train
     torch.set_num_threads(train.threads)
+    device = resolve_device(train.device)
     model, names = build_model(recipe, configs, base)
+    if device.type != "cpu":
+        model.to(device)
     optimizer = build_optimizer(model, names, configs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train, train.steps))
+    scaler = grad_scaler(device, train.precision)
     router = AdapterPack(model, names) if len(names) > 1 else SoloPack(names[0])
     seed = train.data_order_seed if train.data_order_seed is not None else configs[0].seed
     batches = recipe.train_batches(train.batch_size, seed)
@@ -177,50 +182,46 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
     losses: list[list[float]] = [[] for _ in names]
     curves: list[list[dict[str, Any]]] = [[] for _ in names]
     diverged: dict[str, int] = {}
+    skipped = 0
     probe = FeatureNormProbe(model, every=train.probe_every) if train.probe_every else None
     model.train()
-    with router, (probe or contextlib.nullcontext()):
+    with router, (probe or contextlib.nullcontext()), batches_on(recipe, model, device):
         for step in range(train.steps):
-            batch = next(batches)
-            live = list(router.adapters)
-            with _autocast(train.bf16):
-                slice_losses = recipe.train_losses(model, router, batch)
-            good = []
-            for name, loss in zip(live, slice_losses):
-                value = float(loss.detach())
+            seen = _accumulate(recipe, model, router, batches, train, device, scaler, step, diverged)
+            for name, values in seen.items():
+                value = sum(values) / len(values)  # the step's loss: the mean over its micro-batches
                 losses[index[name]].append(value)
                 curves[index[name]].append({"step": step, "metric": "train_loss", "value": value})
-                if math.isfinite(value):
-                    good.append(loss)
-                else:
-                    diverged[name] = step
-            if good:
-                torch.stack(good).sum().backward()
-            for name in live:
-                if name in diverged:
-                    router.drop(name)  # frozen: no grad, no update, no slice in later batches
             if not router.adapters:
                 break
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clipping sees the true gradients
             if train.max_grad_norm is not None:
                 clip_grad_norm_per_adapter(model, router.adapters, train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            if _optimizer_step(optimizer, scaler):
+                scheduler.step()
+            else:  # the scaler skipped it (inf/nan gradients): a smaller scale next time, not a divergence
+                skipped += 1
             optimizer.zero_grad(set_to_none=True)
             if probe is not None:
                 probe.step()
             if train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < train.steps:
-                for name, metrics in zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val"], final=False)):
+                for name, metrics in zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val"],
+                                                                    final=False, device=device)):
                     for metric, value in metrics.items():
                         curves[index[name]].append({"step": step + 1, "metric": metric, "value": value})
         final = {}
         if router.adapters:
-            final = dict(zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val", "test"], final=True)))
+            final = dict(zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val", "test"],
+                                                        final=True, device=device)))
     probe_rows = _split_probe(probe, names) if probe is not None else [[] for _ in names]
     seconds = (time.perf_counter() - t0) / len(names)
     results = []
     for i, name in enumerate(names):
         tail = losses[i][-max(1, min(10, len(losses[i]))):] if losses[i] else [math.nan]
         metrics = {"final_train_loss": float(sum(tail) / len(tail)), "steps_done": float(len(losses[i]))}
+        if scaler is not None:
+            metrics["skipped_steps"] = float(skipped)
         if name in diverged:
             metrics["diverged_step"] = float(diverged[name])
             results.append(TrialResult("diverged", metrics, curves[i], probe_rows[i], None, seconds))
@@ -233,11 +234,57 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
     return results, model
 
 
-def _evaluate(recipe, model, router, train, probe, splits, *, final: bool) -> list[dict[str, float]]:
+def _accumulate(recipe, model, router, batches, train, device, scaler, step: int,
+                diverged: dict[str, int]) -> dict[str, list[float]]:
+    """Forward and backward ``train.grad_accum`` micro-batches (each loss / grad_accum); the loss
+    values each adapter saw. An adapter whose loss is not finite is frozen (dropped) at once."""
+    seen: dict[str, list[float]] = {}
+    for _ in range(train.grad_accum):
+        batch = next(batches)
+        live = list(router.adapters)
+        with autocast(device, train.precision):
+            slice_losses = recipe.train_losses(model, router, batch)
+        values = torch.stack([loss.detach() for loss in slice_losses]).tolist()  # one device sync
+        good = []
+        for name, loss, value in zip(live, slice_losses, values):
+            seen.setdefault(name, []).append(value)
+            if math.isfinite(value):
+                good.append(loss)
+            else:
+                diverged[name] = step
+        if good:
+            total = torch.stack(good).sum()
+            if train.grad_accum > 1:
+                total = total / train.grad_accum
+            (total if scaler is None else scaler.scale(total)).backward()
+        for name in live:
+            if name in diverged:
+                router.drop(name)  # frozen: no grad, no update, no slice in later batches
+        if not router.adapters:
+            break
+    return seen
+
+
+def _optimizer_step(optimizer, scaler) -> bool:
+    """One optimizer step (through the fp16 scaler if any); False when the scaler skipped it."""
+    if scaler is None:
+        optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
+def _evaluate(recipe, model, router, train, probe, splits, *, final: bool,
+              device: torch.device | None = None) -> list[dict[str, float]]:
+    """Metrics per live adapter on ``splits``, under the training precision's autocast, on ``device``
+    (batches move there when :func:`_train`'s :func:`~loradyn.tasks.device.batches_on` is active)."""
+    device = resolve_device(train.device) if device is None else device
     model.eval()
     merged: list[dict[str, float]] = [{} for _ in router.adapters]
     ctx = probe.paused() if probe is not None else contextlib.nullcontext()
-    with ctx, _autocast(train.bf16):
+    with ctx, autocast(device, train.precision):
         for split in splits:
             for out, metrics in zip(merged, recipe.evaluate(model, router, split, train.eval_batch_size, final=final)):
                 out.update(metrics)
