@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -173,3 +174,70 @@ def test_verdicts_are_counted_once():
     combined = {"experiments": {"a": {"verdicts": [v]}, "b": {"verdicts": [v]}}, "verdicts": [v, v]}
     assert len(_verdicts(combined)) == 2
     assert len(_verdicts({"experiments": {"a": {"verdicts": [v]}, "b": {"verdicts": [v, v]}}})) == 3
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("loradyn: error: "), err
+    return err[0]
+
+
+def test_validate_prints_the_count_first_and_max_trials_sets_the_limit(spec_path, capsys):
+    assert main(["validate", str(spec_path), "seeds=3"]) == 0
+    assert capsys.readouterr().out.startswith("# sweep 'toy': up to 24 trials (grid 2 x 4, 3 seeds)\n")
+    assert main(["validate", str(spec_path), "--max-trials", "15"]) == 2
+    line = _one_error_line(capsys)
+    assert "up to 16 trials" in line and "limit of 15" in line and "--max-trials N" in line
+    assert main(["validate", str(spec_path), "--max-trials", "16"]) == 0
+    assert main(["validate", str(spec_path), "--max-trials", "0"]) == 2
+    assert "--max-trials) must be an integer >= 1" in _one_error_line(capsys)
+
+
+def test_a_huge_grid_is_refused_at_once_unless_max_trials_raises_the_limit(tmp_path, capsys):
+    path = tmp_path / "huge.yaml"  # 2 x 2001 x 1001 x 3 grid points x 20 seeds = 240 M trials
+    path.write_text(yaml.safe_dump(sweep_toy.toy_sweep(
+        grid={"lora.init": ["A", "B"], "optim.lr_a": {"log2": [-20, 0, 0.01]},
+              "optim.lr_ratio": {"log2": [0, 10, 0.01]}, "task.width": [8, 16, 32]}, seeds=20)))
+    for verb in (["validate"], ["sweep", "--out", str(tmp_path / "o"), "--executor", "serial"]):
+        t0 = time.perf_counter()
+        assert main([*verb, str(path)]) == 2
+        assert time.perf_counter() - t0 < 2
+        assert "up to 240,360,120 trials (grid 2 x 2001 x 1001 x 3, 20 seeds)" in _one_error_line(capsys)
+        # raised: the count passes, so the next check (here a bad metric) is the one that speaks
+        assert main([*verb, str(path), "metric=bogus", "--max-trials", "300000000"]) == 2
+        assert "metric 'bogus' is not a metric of task 'toy'" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_prints_the_count_before_running(spec_path, tmp_path, capsys):
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "o"), "--executor", "serial"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "sweep 'toy': up to 16 trials (grid 2 x 4, 2 seeds)" and out[1].startswith("sweep toy: 16 trials")
+    # a spec that fails after the count (a bad grid value) still leaves exactly one line on stderr
+    assert main(["sweep", str(spec_path), "optim.lr_a=[0.01, -1]", "--out", str(tmp_path / "p"),
+                 "--executor", "serial"]) == 2
+    assert "lr_a must be a finite number > 0" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (["metric=test_los"], "metric 'test_los' is not a metric of task 'toy'; set metric to one of: final_loss"),
+        (["mode=max"], "mode 'max' contradicts metric 'final_loss', which task 'toy' minimises"),
+    ],
+)
+def test_bad_metric_or_mode_is_one_line(spec_path, tmp_path, capsys, change, fragment):
+    for verb in (["validate"], ["sweep", "--out", str(tmp_path / "o"), "--executor", "serial"]):
+        assert main([*verb, str(spec_path), *change]) == 2
+        assert fragment in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_spec_with_a_duplicate_key_is_one_line(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    text = yaml.safe_dump(sweep_toy.toy_sweep(), sort_keys=False)
+    path.write_text(text + "base: {task: {kind: toy}}\n")
+    assert main(["validate", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"loradyn: error: duplicate key 'base' in '{path}' at lines 2 and ")
+    assert line.endswith(": keep one")

@@ -175,3 +175,30 @@ def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
     path.write_text("# nothing here\n")
     assert load_spec(LoraSpec, path) == LoraSpec()
     assert load_spec(LoraSpec, path, ["rank=2"]) == LoraSpec(rank=2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: {steps: 1}\nlora: {rank: 4}\ntrain: {steps: 2}\n",
+         "duplicate key 'train' in '{path}' at lines 1 and 3: keep one"),
+        ("base:\n  lora:\n    rank: 4\n    alpha: 8\n    rank: 8\n",
+         "duplicate key 'rank' in '{path}' at lines 3 and 5: keep one"),
+        ("grid:\n  optim.lr_a: [1, 2]\n  lora.init: [A]\n  optim.lr_a: [3]\n",
+         "duplicate key 'optim.lr_a' in '{path}' at lines 2 and 4: keep one"),
+        ("seeds: [0]\nlist:\n  - {a: 1, a: 2}\n", "duplicate key 'a' in '{path}' at line 3: keep one"),
+    ],
+)
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_yaml(path)
+    assert str(err.value) == message.format(path=path)
+    _one_line(err)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("defaults: &d {rank: 4, alpha: 8}\nlora:\n  <<: *d\n  rank: 2\n")
+    assert load_yaml(path)["lora"] == {"rank": 2, "alpha": 8}

@@ -37,6 +37,13 @@ def _say(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
+def _add_max_trials(p: argparse.ArgumentParser) -> None:
+    from .sweep.spec import DEFAULT_MAX_TRIALS
+
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS, metavar="N",
+                   help=f"refuse a sweep of more trials, counted before expanding (default: {DEFAULT_MAX_TRIALS:,})")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, default_executor: str = "process") -> None:
     p.add_argument("--executor", choices=("serial", "process", "ray"), default=default_executor,
                    help=f"where packs run (default: {default_executor})")
@@ -71,6 +78,7 @@ def _build_parser(list_experiments: bool = False) -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster (with --executor ray)")
     p.add_argument("--retry-failed", action="store_true", help="run previously failed trials again")
+    _add_max_trials(p)
 
     p = sub.add_parser("reproduce", help="reproduce a paper experiment with verdicts",
                        description="Reproduce one of the papers' experiments and print whether each claim held.",
@@ -94,6 +102,7 @@ def _build_parser(list_experiments: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a sweep spec and print it resolved (no run)")
     p.add_argument("spec", help="sweep YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_max_trials(p)
 
     p = sub.add_parser("suggest-lr", help="transfer a learning rate across width and rank")
     p.add_argument("--lr", type=float, required=True, help="learning rate tuned at (n0, r0)")
@@ -117,7 +126,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     df = run_sweep(args.spec, args.out, overrides=args.overrides, executor=args.executor,
                    workers=args.workers, quiet=args.quiet, ray_address=args.ray_address,
-                   retry_failed=args.retry_failed)
+                   retry_failed=args.retry_failed, max_trials=args.max_trials)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "diverged", "failed", "pending", "running") if counts.get(s))
     _say(f"sweep {df.attrs.get('name', '')}: {len(df)} trials ({summary or 'none'})")
@@ -212,10 +221,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .sweep.spec import expand, plan_packs, resolve_sweep
+    from .sweep.spec import count_line, expand, plan_packs, resolve_sweep
     from .tasks.registry import get_task
 
-    sweep = resolve_sweep(args.spec, args.overrides)
+    sweep = resolve_sweep(args.spec, args.overrides, max_trials=args.max_trials)
+    _say(f"# {count_line(sweep)}")  # before expanding: a large grid takes a while
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
     packs = plan_packs(task, trials)

@@ -157,3 +157,28 @@ def test_progress_lines_when_not_a_terminal(tmp_path, capfd):
     assert "[toy] 16/16 trials (done 16)" in err and "eta" in err
     run_sweep(sweep_toy.toy_sweep(), tmp_path / "q", executor="serial", quiet=True)
     assert capfd.readouterr().err == ""
+
+
+def test_the_trial_count_is_printed_first_and_a_sweep_over_max_trials_is_refused(tmp_path, capfd):
+    run_sweep(sweep_toy.toy_sweep(), tmp_path / "s", executor="serial")
+    assert capfd.readouterr().out == "sweep 'toy': up to 16 trials (grid 2 x 4, 2 seeds)\n"
+    with pytest.raises(LoradynError, match="has up to 16 trials .* limit of 10; .* --max-trials N"):
+        run_sweep(sweep_toy.toy_sweep(), tmp_path / "big", executor="serial", max_trials=10)
+    huge = sweep_toy.toy_sweep(grid={"optim.lr_a": {"log2": [-20, 0, 0.01]}, "task.width": list(range(1, 1001))},
+                               seeds=120)
+    with pytest.raises(LoradynError, match="up to 240,120,000 trials .* limit of 100,000"):
+        run_sweep(huge, tmp_path / "huge", executor="serial")
+    assert not (tmp_path / "big").exists() and not (tmp_path / "huge").exists()
+    assert capfd.readouterr() == ("", "")  # refused before the count line: the error is the one line
+    df = run_sweep(sweep_toy.toy_sweep(), tmp_path / "s", executor="serial", quiet=True, max_trials=16)
+    assert len(df) == 16 and capfd.readouterr() == ("", "")
+
+
+def test_the_default_metric_and_its_direction_are_recorded(tmp_path):
+    data = {k: v for k, v in sweep_toy.toy_sweep().items() if k != "metric"}
+    run_sweep(data, tmp_path / "s", executor="serial", quiet=True)
+    spec = yaml.safe_load((tmp_path / "s" / "spec.yaml").read_text())
+    assert (spec["metric"], spec["mode"]) == ("final_loss", "min")
+    with pytest.raises(LoradynError, match="metric 'test_los' is not a metric of task 'toy'; set metric to one of"):
+        run_sweep({**data, "metric": "test_los"}, tmp_path / "bad", executor="serial", quiet=True)
+    assert not (tmp_path / "bad").exists()

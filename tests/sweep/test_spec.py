@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import tracemalloc
+from dataclasses import dataclass, field
 
 import pytest
 import yaml
 
 import sweep_toy
-from loradyn.errors import LoradynError
-from loradyn.sweep.spec import config_id, expand, flatten, log2_grid, plan_packs, resolve_sweep
-from loradyn.tasks.registry import get_task
+from loradyn.errors import LoradynError, SpecError
+from loradyn.sweep.spec import (
+    DEFAULT_MAX_TRIALS,
+    config_id,
+    count_line,
+    count_trials,
+    expand,
+    flatten,
+    log2_grid,
+    plan_packs,
+    resolve_sweep,
+)
+from loradyn.tasks.registry import TaskKind, TrialResult, get_task, register_task
 
 
 def test_log2_grid_inclusive_and_exact():
@@ -116,7 +129,7 @@ def test_flatten():
         ({"grid": {"optim.lr_x": [1.0]}}, "unknown key optim.lr_x"),
         ({"grid": {"optim.lr_a": [0.01, -0.01]}}, "lr_a must be a finite number > 0"),
         ({"grid": {"lora.rank": [0]}}, "rank must be an integer >= 1"),
-        ({"grid": {"lora.init": ["A", "C"]}}, "lora.init"),
+        ({"grid": {"lora.init": ["A", "C"]}}, "unknown init method 'C'"),
         ({"grid": {"seed": [1, 2]}}, "seeds"),
         ({"grid": {"optim.lr_a": {"log2": [-1, -3, 1]}}}, "lo <= hi"),
         ({"grid": {"optim.lr_a": {"linspace": [1, 2]}}}, "log2"),
@@ -125,6 +138,11 @@ def test_flatten():
         ({"seeds": []}, "seeds"),
         ({"seeds": ["a"]}, "seeds"),
         ({"mode": "best"}, "mode"),
+        ({"metric": "test_los"}, "metric 'test_los' is not a metric of task 'toy'; set metric to one of: final_loss"),
+        ({"metric": "accuracy"}, "set metric to one of: final_loss"),
+        ({"mode": "max"}, "mode 'max' contradicts metric 'final_loss', which task 'toy' minimises"),
+        ({"grid": {"optim.lr_a": {"log2": [0, 2000, 1]}}}, "grid.optim.lr_a: {'log2': [0, 2000, 1]} leaves the float"),
+        ({"grid": {"optim.lr_a": {"log2": [-1e308, 1e308, 1]}}}, "grid.optim.lr_a"),
         ({"bogus": 1}, "unknown key bogus in sweep spec; valid keys"),
         ({"base": {"lora": {"rank": 4}}}, "base.task.kind is required"),
         ({"base": {"task": {"kind": "nope"}}}, "unknown task 'nope'; valid tasks"),
@@ -138,3 +156,132 @@ def test_bad_specs_raise_one_line(change, fragment):
         expand(resolve_sweep(data))
     message = str(err.value)
     assert fragment in message and "\n" not in message
+
+
+# ---- metric and mode against the task's declared metrics ----------------------------------------
+@dataclass(frozen=True)
+class _RankedTask:
+    kind: str = "toy-ranked"
+
+
+@dataclass(frozen=True)
+class _RankedSpec:
+    task: _RankedTask = field(default_factory=_RankedTask)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _OpenTask:
+    kind: str = "toy-open"
+
+
+@dataclass(frozen=True)
+class _OpenSpec:
+    task: _OpenTask = field(default_factory=_OpenTask)
+    seed: int = 0
+
+
+def _results(configs):
+    return [TrialResult("done", {"val_accuracy": 0.5, "val_loss": 1.0}) for _ in configs]
+
+
+register_task(TaskKind("toy-ranked", _RankedSpec, _results, metrics={"val_accuracy": "max", "val_loss": "min"}))
+register_task(TaskKind("toy-open", _OpenSpec, _results))  # declares no metrics
+
+
+def _ranked(kind="toy-ranked", **top):
+    return {"name": "r", "base": {"task": {"kind": kind}}, "seeds": [0], **top}
+
+
+def test_metric_and_mode_default_to_the_tasks_first_metric_and_its_direction():
+    toy = resolve_sweep({k: v for k, v in sweep_toy.toy_sweep().items() if k != "metric"})
+    assert (toy.metric, toy.mode) == ("final_loss", "min")
+    ranked = resolve_sweep(_ranked())
+    assert (ranked.metric, ranked.mode) == ("val_accuracy", "max")  # not the old silent "min"
+    assert resolve_sweep(_ranked(metric="val_loss")).mode == "min"
+    assert resolve_sweep(_ranked(metric="val_accuracy", mode="max")).mode == "max"
+    # the resolved spec round-trips, and an override of the metric takes the new direction
+    assert resolve_sweep(ranked, ["metric=val_loss"]).mode == "min"
+    with pytest.raises(SpecError, match="mode 'max' contradicts metric 'val_loss'"):
+        resolve_sweep(ranked, ["metric=val_loss", "mode=max"])
+    assert resolve_sweep(ranked.to_dict()) == ranked
+
+
+@pytest.mark.parametrize(
+    ("top", "fragment"),
+    [
+        ({"metric": "accuracy"}, "metric 'accuracy' is not a metric of task 'toy-ranked'; "
+                                 "set metric to one of: val_accuracy, val_loss"),
+        ({"metric": "val_accuracy", "mode": "min"},
+         "mode 'min' contradicts metric 'val_accuracy', which task 'toy-ranked' maximises; "
+         "set mode: max or leave mode out"),
+        ({"mode": "min"}, "contradicts metric 'val_accuracy'"),
+    ],
+)
+def test_unknown_metric_or_contradicting_mode_is_one_line(top, fragment):
+    with pytest.raises(SpecError) as err:
+        resolve_sweep(_ranked(**top))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_task_without_declared_metrics_accepts_any_metric():
+    spec = resolve_sweep(_ranked("toy-open", metric="anything", mode="max"))
+    assert (spec.metric, spec.mode) == ("anything", "max")
+    assert (resolve_sweep(_ranked("toy-open")).metric, resolve_sweep(_ranked("toy-open")).mode) == (None, "min")
+
+
+# ---- counting trials before expanding --------------------------------------------------------------
+def _huge(seeds=10):
+    """2001 x 1001 x 2 x 6 grid points x 10 seeds = 240,360,120 trials."""
+    return sweep_toy.toy_sweep(grid={"optim.lr_a": {"log2": [-20, 0, 0.01]}, "optim.lr_ratio": {"log2": [0, 10, 0.01]},
+                                     "lora.init": ["A", "B"], "task.width": [8, 16, 32, 64, 128, 256]},
+                               seeds=seeds)
+
+
+def test_count_is_the_product_of_axes_and_seeds_an_upper_bound():
+    spec = resolve_sweep(sweep_toy.toy_sweep())
+    assert count_trials(spec) == 16 == len(expand(spec))
+    assert count_line(spec) == "sweep 'toy': up to 16 trials (grid 2 x 4, 2 seeds)"
+    dup = resolve_sweep(sweep_toy.toy_sweep(grid={"optim.lr_a": [0.01, 0.01, 1e-2]}))
+    assert count_trials(dup) == 6 and len(expand(dup)) == 2  # equal configurations run once
+    assert count_line(resolve_sweep(sweep_toy.toy_sweep(grid={}, seeds=1))) == \
+        "sweep 'toy': up to 1 trials (grid 1 point, 1 seed)"
+
+
+@pytest.mark.parametrize("seeds", [10, 240_000_000])
+def test_a_huge_sweep_is_refused_fast_without_materialising_it(seeds):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(SpecError) as err:
+            resolve_sweep(_huge(seeds))
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(err.value)
+    assert elapsed < 1.0 and peak < 20 * 2**20
+    assert message.startswith("sweep 'toy' has up to ") and "--max-trials N" in message
+    assert f"more than the limit of {DEFAULT_MAX_TRIALS:,}" in message and "\n" not in message
+    if seeds == 10:
+        assert "240,360,120 trials (grid 2001 x 1001 x 2 x 6, 10 seeds)" in message
+
+
+def test_max_trials_sets_the_limit():
+    data = sweep_toy.toy_sweep()
+    with pytest.raises(SpecError, match="has up to 16 trials .* more than the limit of 15;"):
+        resolve_sweep(data, max_trials=15)
+    assert count_trials(resolve_sweep(data, max_trials=16)) == 16
+    assert count_trials(resolve_sweep(_huge(), max_trials=None)) == 240_360_120  # no limit: counted, not expanded
+    assert count_trials(resolve_sweep(_huge(), max_trials=300_000_000)) == 240_360_120
+    for bad in (0, -1, 2.5, True, "10"):
+        with pytest.raises(SpecError, match="must be an integer >= 1"):
+            resolve_sweep(data, max_trials=bad)
+
+
+def test_duplicate_keys_in_a_sweep_file_are_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: d\nbase:\n  task: {kind: toy}\ngrid:\n  optim.lr_a: [0.1]\n"
+                    "  optim.lr_a: [0.2]\nseeds: 1\n")
+    with pytest.raises(SpecError, match=r"duplicate key 'optim.lr_a' in '.*s.yaml' at lines 5 and 6: keep one"):
+        resolve_sweep(path)

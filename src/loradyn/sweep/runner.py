@@ -30,7 +30,7 @@ from .executors import EXECUTORS, make_executor
 from .jobs import PackJob, PackOutcome
 from .leases import new_owner
 from .progress import Progress
-from .spec import SweepSpec, expand, plan_packs, resolve_sweep
+from .spec import DEFAULT_MAX_TRIALS, SweepSpec, count_line, expand, plan_packs, resolve_sweep
 from .store import FINISHED, Claim, SweepStore
 from .tables import results_frame
 
@@ -143,6 +143,7 @@ def run_sweep(
     quiet: bool = False,
     ray_address: str | None = None,
     retry_failed: bool = False,
+    max_trials: int | None = DEFAULT_MAX_TRIALS,
 ):
     """Run (or resume) a sweep into the directory ``out``; returns its results table.
 
@@ -155,6 +156,7 @@ def run_sweep(
         quiet: no progress output.
         ray_address: the Ray cluster to connect to (``executor="ray"``); default: a local instance.
         retry_failed: run trials that previously ``failed`` again.
+        max_trials: refuse a sweep of more trials (counted before expanding; ``None``: no limit).
 
     Returns:
         A DataFrame, one row per trial of this sweep in expansion order: ``trial_id``, the
@@ -166,7 +168,13 @@ def run_sweep(
         LoradynError: bad spec, overrides, executor or workers (one line).
     """
     _check_workers(executor, workers)
-    sweep = resolve_sweep(spec, overrides)
+    if executor == "ray":
+        from .ray_backend import connect_timeout
+
+        connect_timeout()  # a bad LORADYN_RAY_CONNECT_TIMEOUT is refused before anything is written
+    sweep = resolve_sweep(spec, overrides, max_trials=max_trials)
+    if not quiet:
+        print(count_line(sweep), flush=True)  # before expanding anything; stderr stays for errors
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
     packs = plan_packs(task, trials)

@@ -12,13 +12,18 @@ A sweep YAML file looks like::
       task.width: [128, 512]
       optim.lr_a: {log2: [-12, -4, 0.5]}   # 2^-12, 2^-11.5, ..., 2^-4
     seeds: [0, 1, 2]            # or an integer n: seeds 0 .. n-1
-    metric: final_train_loss    # optional: the metric the report ranks by
-    mode: min                   # optional: min or max
+    metric: final_train_loss    # optional: the metric the report ranks by (default: the task's first)
+    mode: min                   # optional: min or max (default: the metric's declared direction)
 
 Each trial is ``base`` with the grid point and the seed set, validated by the task's own spec
 class (unknown keys and ill-typed values are rejected with one line). Its id is a content hash of
 the resolved configuration (defaults filled in), so it is stable across processes and runs, and a
 re-run finds the trials it already finished.
+
+``metric`` must be one the task kind declares (``TaskKind.metrics``; any name when it declares
+none), and ``mode`` may not contradict that metric's direction. The number of trials is counted
+(:func:`count_trials`: grid axis lengths x seeds) before anything is expanded, and a sweep of more
+than ``max_trials`` (default :data:`DEFAULT_MAX_TRIALS`) is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,22 +40,28 @@ from typing import Any, Literal
 
 from ..errors import SpecError
 from ..overrides import axis_values, log2_grid, parse_overrides, set_dotted
-from ..serialize import load_yaml, spec_from_dict, spec_to_dict
+from ..serialize import load_yaml, spec_to_dict
 from ..tasks.registry import TaskKind, get_task
 
 __all__ = [
+    "DEFAULT_MAX_TRIALS",
     "Pack",
     "SweepSpec",
     "Trial",
+    "check_max_trials",
     "config_id",
+    "count_line",
+    "count_trials",
     "expand",
     "flatten",
     "log2_grid",
     "plan_packs",
+    "resolve_metric",
     "resolve_sweep",
 ]
 
 _TOP_KEYS = ("name", "seeds", "metric", "mode")
+DEFAULT_MAX_TRIALS = 100_000
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,10 @@ class SweepSpec:
         base: a full trial configuration without ``seed``; ``base["task"]["kind"]`` names the task.
         grid: dotted key -> list of values (already expanded: no ``log2`` shorthand left).
         seeds: the seeds every grid point runs with.
-        metric: the metric that reports rank trials by (``None``: the task's first metric).
-        mode: ``min`` or ``max`` for ``metric``.
+        metric: the metric that reports rank trials by (``None``: the task's first metric;
+            :func:`resolve_sweep` fills it in).
+        mode: ``min`` or ``max`` for ``metric`` (``None``: the metric's declared direction;
+            :func:`resolve_sweep` fills it in).
     """
 
     name: str = "sweep"
@@ -70,7 +84,7 @@ class SweepSpec:
     grid: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     metric: str | None = None
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None
 
     @property
     def kind(self) -> str:
@@ -105,11 +119,18 @@ class Pack:
     trials: tuple[Trial, ...]
 
 
-def _seeds(value: Any) -> tuple[int, ...]:
+def _seed_count(value: Any) -> int:
+    """How many seeds ``value`` (a count or a list) names, without materialising a count."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise SpecError(f"seeds: an integer means 'this many seeds' and must be >= 1, got {value}")
-        return tuple(range(value))
+        return value
+    return len(_seeds(value))
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return tuple(range(_seed_count(value)))
     if not isinstance(value, (list, tuple)) or not value:
         raise SpecError(f"seeds must be a non-empty list of integers (or a count), got {value!r}")
     out = []
@@ -122,18 +143,70 @@ def _seeds(value: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _breakdown(lengths: Sequence[int], n_seeds: int) -> str:
+    grid = " x ".join(map(str, lengths)) if lengths else "1 point"
+    return f"grid {grid}, {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """Trials of ``spec`` without expanding it: the product of the axis lengths times the seeds.
+
+    An upper bound: :func:`expand` keeps equal resolved configurations once.
+    """
+    return math.prod(len(v) for v in spec.grid.values()) * len(spec.seeds)
+
+
+def count_line(spec: SweepSpec) -> str:
+    """``sweep 'name': up to N trials (grid 2 x 8, 3 seeds)``, for printing before expansion."""
+    lengths = [len(v) for v in spec.grid.values()]
+    return f"sweep {spec.name!r}: up to {count_trials(spec):,} trials ({_breakdown(lengths, len(spec.seeds))})"
+
+
+def check_max_trials(max_trials: Any) -> int | None:
+    """``max_trials`` as given (``None``: no limit); anything but an integer >= 1 is one line."""
+    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
+                                   or max_trials < 1):
+        raise SpecError(f"max_trials (--max-trials) must be an integer >= 1, got {max_trials!r}")
+    return max_trials
+
+
+def resolve_metric(task: TaskKind, metric: str | None, mode: str | None) -> tuple[str | None, str]:
+    """The ranked metric and its direction: ``metric`` must be one ``task`` declares (default: its
+    first), and ``mode`` defaults to, and may not contradict, the declared direction. A kind that
+    declares no metrics accepts any name (``mode`` default ``min``)."""
+    declared = task.metrics
+    if not declared:
+        return metric, mode or "min"
+    if metric is None:
+        metric = task.default_metric
+    elif metric not in declared:
+        raise SpecError(f"metric {metric!r} is not a metric of task {task.kind!r}; "
+                        f"set metric to one of: {', '.join(declared)}")
+    direction = declared[metric]
+    if mode is not None and mode != direction:
+        verb = "minimises" if direction == "min" else "maximises"
+        raise SpecError(f"mode {mode!r} contradicts metric {metric!r}, which task {task.kind!r} {verb}; "
+                        f"set mode: {direction} or leave mode out")
+    return metric, direction
+
+
 def resolve_sweep(
-    spec: SweepSpec | Mapping[str, Any] | str | Path, overrides: Sequence[str] = ()
+    spec: SweepSpec | Mapping[str, Any] | str | Path, overrides: Sequence[str] = (), *,
+    max_trials: int | None = DEFAULT_MAX_TRIALS,
 ) -> SweepSpec:
     """Load a sweep (YAML path, plain dict or :class:`SweepSpec`) and apply dotted overrides.
 
     Overrides are ``key=value`` strings. ``name``, ``seeds``, ``metric`` and ``mode`` set the
     sweep's own fields; any other key is relative to ``base`` (a leading ``base.`` is allowed).
-    A key that is a grid axis replaces that axis (a scalar makes it a one-value axis).
+    A key that is a grid axis replaces that axis (a scalar makes it a one-value axis); overriding
+    ``metric`` without ``mode`` drops the spec's ``mode``. ``metric`` and ``mode`` are checked against the task kind and filled in (:func:`resolve_metric`).
+    The trials are counted before the seeds or any trial are materialised, and more than
+    ``max_trials`` (``None``: no limit) are refused.
 
     Raises:
         SpecError: malformed input, with one line naming the key and the fix.
     """
+    max_trials = check_max_trials(max_trials)
     default_name = "sweep"
     if isinstance(spec, SweepSpec):
         data = spec.to_dict()
@@ -162,7 +235,10 @@ def resolve_sweep(
     grid = {str(k): v for k, v in grid.items()}
     top = {k: data.get(k) for k in _TOP_KEYS if data.get(k) is not None}
 
-    for key, value in parse_overrides(overrides):
+    parsed = parse_overrides(overrides)
+    if any(k == "metric" for k, _ in parsed) and not any(k == "mode" for k, _ in parsed):
+        top.pop("mode", None)  # a new metric brings its own direction
+    for key, value in parsed:
         if key in _TOP_KEYS:
             top[key] = value
             continue
@@ -181,16 +257,27 @@ def resolve_sweep(
             raise SpecError("grid.seed: use the top-level 'seeds' list for seeds")
         if key.split(".")[0] == "task" and key.endswith(".kind"):
             raise SpecError("grid.task.kind: one sweep runs one task; write one sweep per task")
-        expanded[key] = axis_values(key, value)
+        try:
+            expanded[key] = axis_values(key, value)
+        except OverflowError:  # a log2 axis past the float range
+            raise SpecError(f"grid.{key}: {value!r} leaves the float range; use smaller exponents "
+                            "or a larger step") from None
     name = top.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"name must be a non-empty string, got {name!r}")
-    mode = top.get("mode", "min")
-    if mode not in ("min", "max"):
+    mode = top.get("mode")
+    if mode not in (None, "min", "max"):
         raise SpecError(f"mode must be 'min' or 'max', got {mode!r}")
     metric = top.get("metric")
     if metric is not None and not isinstance(metric, str):
         raise SpecError(f"metric must be a metric name, got {metric!r}")
+    n_seeds = _seed_count(top.get("seeds", [0]))
+    total = math.prod(len(v) for v in expanded.values()) * n_seeds
+    if max_trials is not None and total > max_trials:
+        breakdown = _breakdown([len(v) for v in expanded.values()], n_seeds)
+        raise SpecError(f"sweep {name!r} has up to {total:,} trials ({breakdown}), more than the limit of "
+                        f"{max_trials:,}; shrink the grid or the seeds, or raise the limit with --max-trials N")
+    metric, mode = resolve_metric(get_task(task["kind"]), metric, mode)
     return SweepSpec(
         name=name, base=base, grid=expanded, seeds=_seeds(top.get("seeds", [0])), metric=metric, mode=mode
     )
@@ -208,7 +295,7 @@ def config_id(data: Any, kind: str | None = None) -> str:
 def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
     """All trials of ``spec`` in a deterministic order: grid product (last key fastest), then seeds.
 
-    Every trial is validated with ``spec_from_dict(task.spec_cls, ...)``; duplicates (equal
+    Every trial is validated by the kind (``task.build``: its spec class); duplicates (equal
     resolved configurations) are kept once.
     """
     task = task if task is not None else get_task(spec.kind)
@@ -221,7 +308,7 @@ def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
             for key, value in zip(keys, point):
                 set_dotted(data, key, copy.deepcopy(value), f"grid.{key}")
             data["seed"] = seed
-            config = spec_from_dict(task.spec_cls, data)
+            config = task.build(data)
             resolved = spec_to_dict(config)
             tid = config_id(resolved, spec.kind)
             if tid in seen:
