@@ -91,3 +91,17 @@ def test_block_rows_and_chunks_off_the_cpu():
     assert engine.block_rows(65536, 1000, 4, "cpu") == 8
     assert engine.block_rows(1024, 1000, 4, "cuda") == 1000
     assert chunk_size(65536, device_type="cuda") == 32 and chunk_size(65536) == 8
+
+
+def test_a_synthetic_sweep_on_a_missing_device_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from loradyn.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("base:\n  task: {kind: synthetic, width: 32, n_train: 16, n_test: 4}\n  train: {steps: 2, device: cuda}\n"
+                    "grid:\n  optim.lr_a: [0.001]\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "serial", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA" in err[0] and not (tmp_path / "out" / "sweep.db").exists()

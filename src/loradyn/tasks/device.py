@@ -6,18 +6,16 @@
 * :func:`check_device` — the kind's ``validate``-time check, one line naming the fix: no CUDA, a
   CUDA index past the visible devices, no MPS, or a precision the device cannot run (bf16 where
   ``torch.cuda.is_bf16_supported()`` is false, a reduced precision that CPU autocast lacks).
-* :func:`batches_on` — within it every batch a recipe collates (and every ``generate`` input)
-  lands on the device; on the CPU it does nothing, so CPU runs are bit-for-bit what they were.
+* batches go to the device through the recipe (:attr:`loradyn.tasks.recipes.Recipe.device`); on the
+  CPU nothing moves, so CPU runs are bit-for-bit what they were.
 * :func:`oom_line` — the one line of a CUDA (or MPS) out-of-memory error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import warnings
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +26,6 @@ from .spec import DEVICES, PRECISIONS, check_device_syntax
 __all__ = [
     "DEVICES",
     "PRECISIONS",
-    "batches_on",
     "check_device",
     "check_device_syntax",
     "device_name",
@@ -37,10 +34,8 @@ __all__ = [
     "oom_line",
     "precision_dtype",
     "resolve_device",
-    "to_device",
 ]
 
-_MISSING = object()
 
 
 def precision_dtype(precision: str) -> torch.dtype | None:
@@ -123,40 +118,6 @@ def check_device(device: str, precision: str = "fp32", where: str = "train") -> 
         raise LoradynError(f"{where}.precision={precision}, but {device_name(resolved)} cannot run {precision} "
                            f"(torch {torch.__version__}): use {where}.precision={other}")
     return resolved
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Every tensor of a (nested) batch on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-@contextlib.contextmanager
-def batches_on(recipe: Any, model: Any, device: torch.device) -> Iterator[None]:
-    """Within: ``recipe.collate`` returns batches on ``device`` and ``model.generate`` moves its
-    tensor inputs there (recipes build batches on the CPU). No-op on the CPU."""
-    if device.type == "cpu":
-        yield
-        return
-    collate = recipe.collate
-    generate = getattr(model, "generate", None)
-    saved = [(obj, name, obj.__dict__.get(name, _MISSING)) for obj, name in ((recipe, "collate"), (model, "generate"))]
-    recipe.__dict__["collate"] = lambda rows: to_device(collate(rows), device)
-    if generate is not None:
-        model.__dict__["generate"] = lambda *args, **kw: generate(*to_device(args, device), **to_device(kw, device))
-    try:
-        yield
-    finally:
-        for obj, name, value in saved:
-            if value is _MISSING:
-                obj.__dict__.pop(name, None)
-            else:
-                obj.__dict__[name] = value
 
 
 def is_oom(err: BaseException) -> bool:

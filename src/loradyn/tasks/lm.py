@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..errors import LoradynError
 from ..fused_ce import linear_cross_entropy
 from .presets import Pair, pair_data, text_data
-from .recipes import IGNORE, Recipe, _eos_id, _mask, _pad
+from .recipes import IGNORE, Recipe, _eos_id, _mask, _pad, to_device
 
 __all__ = ["CausalLMRecipe", "SFTRecipe"]
 
@@ -74,7 +74,7 @@ def _mean_causal_nll(recipe, model, pack, rows, batch_size: int) -> list[float]:
     rows = sorted(rows, key=lambda r: -len(r[0] if isinstance(r, tuple) else r))
     nll, tokens = [0.0] * pack.k, 0
     for start in range(0, len(rows), batch_size):
-        batch = recipe.collate(rows[start : start + batch_size])
+        batch = recipe.batch(rows[start : start + batch_size])
         losses, count = _causal_losses(model, pack, recipe.inputs(batch), batch["labels"])
         tokens += count
         for i, loss in enumerate(losses):
@@ -218,7 +218,8 @@ class SFTRecipe(Recipe):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             prompts = [self.prompt_ids(p.prompt) for p in chunk]
-            inputs = {"input_ids": _pad(prompts, self.pad_id, left=True), "attention_mask": _mask(prompts, left=True)}
+            inputs = to_device({"input_ids": _pad(prompts, self.pad_id, left=True),
+                                "attention_mask": _mask(prompts, left=True)}, self.device)
             out = model.generate(
                 **pack.repeat(inputs), max_new_tokens=self.max_new_tokens, do_sample=False,
                 pad_token_id=self.pad_id, eos_token_id=self.eos,

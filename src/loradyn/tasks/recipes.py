@@ -37,6 +37,11 @@ def _mask(seqs: Sequence[Sequence[int]], *, left: bool = False) -> torch.Tensor:
     return _pad([[1] * len(s) for s in seqs], 0, left=left)
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of ``batch`` on ``device`` (the same dict on the CPU)."""
+    return batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _eos_id(tok) -> int:
     for attr in ("eos_token_id", "sep_token_id", "pad_token_id"):
         value = getattr(tok, attr, None)
@@ -49,6 +54,8 @@ class Recipe:
     task_type = "SEQ_CLS"
     model_kind = "classify"
     num_labels: int | None = None
+    #: where batches go (the training loop sets the trial's ``train.device``)
+    device: torch.device = torch.device("cpu")
 
     def __init__(self, task: Any) -> None:
         self.task = task
@@ -79,10 +86,14 @@ class Recipe:
             order = list(range(n))
             rng.shuffle(order)
             for start in range(0, n - batch_size + 1, batch_size):
-                yield self.collate([self.train_rows[i] for i in order[start : start + batch_size]])
+                yield self.batch([self.train_rows[i] for i in order[start : start + batch_size]])
 
     def collate(self, rows: list[Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def batch(self, rows: list[Any]) -> dict[str, torch.Tensor]:
+        """``collate(rows)`` on :attr:`device` (built on the CPU, moved once)."""
+        return to_device(self.collate(rows), self.device)
 
     def slice_losses(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -157,7 +168,7 @@ class ClassifyRecipe(Recipe):
         correct = [0] * pack.k
         nll = [0.0] * pack.k
         for start in range(0, len(rows), batch_size):
-            batch = self.collate(rows[start : start + batch_size])
+            batch = self.batch(rows[start : start + batch_size])
             logits = model(**pack.repeat(self.inputs(batch))).logits
             for i, lg in enumerate(logits.float().chunk(pack.k, dim=0)):
                 correct[i] += int((lg.argmax(-1) == batch["labels"]).sum())

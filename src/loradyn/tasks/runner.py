@@ -261,19 +261,20 @@ def decide_pack(recipe, configs: Sequence[Any], *, steps: int = 2) -> bool:
 def _stepper(recipe, configs, base):
     """A function that runs one training step of ``configs`` (solo or pack) and returns its seconds."""
     from ..packs import AdapterPack
-    from .device import resolve_device, to_device
+    from .device import resolve_device
     from .precision import autocast
 
     model, names = build_model(recipe, configs, base)
     train = configs[0].train
     device = resolve_device(train.device)
     model.to(device)
+    recipe.device = device
     optimizer = build_optimizer(model, names, configs)
     router = AdapterPack(model, names) if len(names) > 1 else SoloPack(names[0])
     batches = recipe.train_batches(train.batch_size, 0)
 
     def step() -> float:
-        batch = to_device(next(batches), device)
+        batch = next(batches)
         _sync(device)
         t = time.perf_counter()
         with router, autocast(device, train.precision):

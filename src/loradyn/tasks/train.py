@@ -36,7 +36,7 @@ from ..packs import (
     pack_param_groups,
 )
 from ..probes import FeatureNormProbe
-from .device import batches_on, resolve_device
+from .device import resolve_device
 from .models import check_targets, lora_config
 from .precision import autocast, grad_scaler, prepare_half_, stores_half
 from .registry import TrialResult
@@ -185,7 +185,8 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
     skipped = 0
     probe = FeatureNormProbe(model, every=train.probe_every) if train.probe_every else None
     model.train()
-    with router, (probe or contextlib.nullcontext()), batches_on(recipe, model, device):
+    recipe.device = device  # batches are built on the CPU and moved there
+    with router, (probe or contextlib.nullcontext()):
         for step in range(train.steps):
             seen = _accumulate(recipe, model, router, batches, train, device, scaler, step, diverged)
             for name, values in seen.items():
@@ -279,7 +280,7 @@ def _optimizer_step(optimizer, scaler) -> bool:
 def _evaluate(recipe, model, router, train, probe, splits, *, final: bool,
               device: torch.device | None = None) -> list[dict[str, float]]:
     """Metrics per live adapter on ``splits``, under the training precision's autocast, on ``device``
-    (batches move there when :func:`_train`'s :func:`~loradyn.tasks.device.batches_on` is active)."""
+    (the recipe's batches go to ``recipe.device``, which :func:`_train` sets)."""
     device = resolve_device(train.device) if device is None else device
     model.eval()
     merged: list[dict[str, float]] = [{} for _ in router.adapters]

@@ -27,12 +27,19 @@ def max_pack_size(config: Any) -> int:
     return max_pack_size(config)
 
 
+def validate(config: Any) -> None:
+    from ...synthetic.task import validate
+
+    validate(config)
+
+
 KIND = TaskKind(
     kind="synthetic",
     spec_cls=SyntheticSpec,
     run_pack=run_pack,
     pack_key=pack_key,
     max_pack_size=max_pack_size,
+    validate=validate,
     metrics={"final_train_loss": "min", "test_loss": "min"},
     description="teacher–student LoRA model f(x) = W_out·φ((W* + α·B·A)·φ(W_in x)), full-batch Adam",
 )
