@@ -71,6 +71,16 @@ def test_sweep_then_results_in_every_format(spec_path, tmp_path, capsys):
     assert pd.read_csv(target).shape[0] == 16 and f"wrote {target}" in capsys.readouterr().err
 
 
+def test_results_table_ends_with_the_optimal_lr_and_best_vs_best(spec_path, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec_path), "--out", str(out), "--quiet", "--executor", "serial"]) in (0, 1)
+    capsys.readouterr()
+    assert main(["results", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "optimal learning rate" in text and "lr_grid_opt" in text  # the one analysis
+    assert "best vs best" in text and "is better than" in text
+
+
 def test_results_parquet(spec_path, tmp_path, capsys):
     out_dir = tmp_path / "run"
     run_sweep(spec_path, out_dir, executor="serial", quiet=True)
@@ -127,8 +137,9 @@ def fake_repro(monkeypatch, tmp_path):
 
             raise LoradynError("unknown experiment 'nope'; valid: toy-ok, toy-bad, all")
         run_sweep(sweep_toy.toy_sweep(), f"{out}/toy", executor="serial", quiet=True)
-        holds = experiment_id != "toy-bad"
-        summary = {"verdicts": [{"claim": "c", "expected": "e", "measured": "m", "holds": holds}]}
+        status = {"toy-bad": "fails", "toy-unsure": "undecided"}.get(experiment_id, "holds")
+        summary = {"verdicts": [{"claim": "c", "expected": "e", "measured": "m", "status": status,
+                                 "holds": {"holds": True, "fails": False}.get(status), "reason": ""}]}
         with open(f"{out}/toy/summary.json", "w") as fh:
             json.dump(summary, fh)
         return summary
@@ -146,8 +157,11 @@ def test_reproduce_passes_arguments_and_maps_verdicts_to_exit_code(fake_repro, t
     assert fake_repro[-1] == dict(experiment_id="toy-ok", out="runs/toy-ok", quick=True, seeds=2,
                                   overrides=("optim.lr_ratio=4", "lora.rank=8"), executor="serial",
                                   workers=1, quiet=True)
-    assert "1/1 verdicts hold" in capsys.readouterr().out
+    assert "1 verdicts: 1 hold, 0 fail, 0 undecided" in capsys.readouterr().out
     assert main(["reproduce", "toy-bad", "--out", str(tmp_path / "bad"), "--executor", "serial"]) == 1
+    # undecided is reported, not a failure: exit 0
+    assert main(["reproduce", "toy-unsure", "--out", str(tmp_path / "unsure"), "--executor", "serial"]) == 0
+    assert "1 verdicts: 0 hold, 0 fail, 1 undecided" in capsys.readouterr().out
     assert main(["reproduce", "nope"]) == 2
     assert capsys.readouterr().err.strip().startswith("loradyn: error: unknown experiment")
 

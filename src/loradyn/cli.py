@@ -155,8 +155,11 @@ def _reproduce(args: argparse.Namespace, experiment: str, out: str, quick: bool)
                         overrides=tuple(getattr(args, "overrides", ())), executor=args.executor,
                         workers=args.workers, quiet=args.quiet)
     verdicts = _verdicts(summary)
-    failed = [v for v in verdicts if not v.get("holds")]
-    _say(f"reproduce {experiment}: {len(verdicts) - len(failed)}/{len(verdicts)} verdicts hold")
+    # a verdict fails only when the data decided against it; "undecided" is reported, not failed
+    failed = [v for v in verdicts if v.get("status", "holds" if v.get("holds") else "fails") == "fails"]
+    undecided = sum(1 for v in verdicts if v.get("status") == "undecided")
+    _say(f"reproduce {experiment}: {len(verdicts)} verdicts: {len(verdicts) - len(failed) - undecided} hold, "
+         f"{len(failed)} fail, {undecided} undecided")
     _say(f"wrote {out}")
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -187,6 +190,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
             df.to_csv(sys.stdout, index=False)
         return EXIT_OK
     text = _table(df)
+    from .report import analysis_tables
+
+    for title, table in analysis_tables(args.dir):  # the one analysis: optima, best vs best, verdicts
+        text += f"\n\n# {title}\n" + _table_text(table)
     if args.output:
         Path(args.output).write_text(text + "\n")
         _say(f"wrote {args.output} ({len(df)} trials)")
@@ -197,16 +204,21 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def _table(df) -> str:
     """A readable view: the config columns that vary, seed, status, metrics, error."""
-    import pandas as pd
-
     cols = list(df.columns)
     seed_at = cols.index("seed")
     config = [c for c in cols[:seed_at] if c not in ("trial_id",)]
     varying = [c for c in config if df[c].astype(str).nunique() > 1]
     shown = varying + cols[seed_at:]
     shown = [c for c in shown if c != "seconds" and not (c == "error" and df[c].isna().all())]
-    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
-        return df[shown].to_string(index=False)
+    return _table_text(df[shown])
+
+
+def _table_text(df) -> str:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200,
+                           "display.max_colwidth", 120):
+        return df.to_string(index=False)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -221,6 +233,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
+    from .sweep.runner import validate_inputs
     from .sweep.spec import count_line, expand, plan_packs, resolve_sweep
     from .tasks.registry import get_task
 
@@ -229,7 +242,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
     packs = plan_packs(task, trials)
+    validate_inputs(task, packs)  # data, model, device: bad input is one line here, before any training
     _say(yaml.safe_dump(sweep.to_dict(), sort_keys=False).rstrip())
+    if task.describe is not None:  # what the task found: data, columns, split sizes, model, device
+        seen: list[str] = []
+        for pack in packs:
+            text = task.describe(pack.trials[0].config)
+            if text not in seen:
+                seen.append(text)
+                _say("\n".join(f"# {line}" for line in text.splitlines()))
     _say(f"# valid: {len(trials)} trials in {len(packs)} packs (task {sweep.kind!r}); nothing written")
     return EXIT_OK
 

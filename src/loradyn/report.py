@@ -65,16 +65,20 @@ def _verdict_blocks(summary_path: Path) -> list[Block]:
     return [("h3", "Verdicts"), ("p", text), ("table", table)]
 
 
-def _best_vs_best_blocks(view: figures.SweepView) -> list[Block]:
-    """Each method (init, LoRA+ ratio) at its own optimal lr, best first, with the verdicts."""
+def _best_vs_best(view: figures.SweepView):
+    """Per facet: (where, table, verdicts) of each method (init, LoRA+ ratio) at its own optimal lr."""
     from .comparison import best_vs_best
 
-    blocks: list[Block] = []
     for key, group in view.groups(view.facets):
         table, verdicts = best_vs_best(group, metric=view.metric, mode=view.mode)
-        if table.empty:
-            continue
-        where = ", ".join(f"{c}={v}" for c, v in zip(view.facets, key))
+        if not table.empty:
+            yield ", ".join(f"{c}={v}" for c, v in zip(view.facets, key)), table, verdicts
+
+
+def _best_vs_best_blocks(view: figures.SweepView) -> list[Block]:
+    """Each method (init, LoRA+ ratio) at its own optimal lr, best first, with the verdicts."""
+    blocks: list[Block] = []
+    for where, table, verdicts in _best_vs_best(view):
         blocks += [("h3", "Best vs best" + (f" ({where})" if where else "")),
                    ("p", f"Each method at its own optimal learning rate (the grid lr with the best seed-mean "
                     f"{view.metric}), best first; a difference decides only beyond the seed std."),
@@ -88,6 +92,35 @@ def _verdict_frame(verdicts) -> Any:
     import pandas as pd
 
     return pd.DataFrame([{k: v for k, v in d.to_dict().items() if k != "holds"} for d in verdicts])
+
+
+def analysis_tables(directory: str | Path) -> list[tuple[str, Any]]:
+    """Titled tables for ``loradyn results``: per sweep at or below ``directory``, the optimal learning
+    rate of each series and the best-vs-best comparison with its verdicts (as in the report)."""
+    out: list[tuple[str, Any]] = []
+    for sweep_dir in find_stores(directory):
+        store = SweepStore.open(sweep_dir)
+        try:
+            df = results_frame(store)
+        finally:
+            store.close()
+        spec = _load_yaml(sweep_dir / "spec.yaml")
+        if df.empty:
+            continue
+        view = figures.SweepView.from_results(df, metric=spec.get("metric"), mode=spec.get("mode") or "min")
+        name = spec.get("name") or sweep_dir.name
+        if view.lr is None or view.metric is None:
+            continue
+        best = figures.optimal_lr_table(view)
+        if not best.empty:
+            out.append((f"{name}: optimal learning rate ({view.metric}, {view.mode})", best))
+        if view.lr == "optim.lr_a":
+            for where, table, verdicts in _best_vs_best(view):
+                title = f"{name}: best vs best" + (f" ({where})" if where else "")
+                out.append((title, table))
+                if verdicts:
+                    out.append((f"{title}: verdicts", _verdict_frame(verdicts)))
+    return out
 
 
 def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block]:

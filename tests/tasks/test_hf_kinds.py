@@ -120,3 +120,22 @@ def test_a_sweep_of_inits_and_learning_rates_on_a_users_csv(tmp_path):
             "mode": "max"}
     df = run_sweep(spec, tmp_path / "out", executor="serial", quiet=True)
     assert len(df) == 8 and set(df["status"]) == {"done"}
+
+
+def test_validate_shows_the_resolved_task_before_training(tmp_path, capsys):
+    from loradyn.cli import main
+
+    rows = [{"review": f"film {i}", "sentiment": "pos" if i % 2 else "neg", "extra": i} for i in range(50)]
+    pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({"base": {"task": {"kind": "hf-classify", "model": "tiny-bert",
+                                                   "data": str(tmp_path / "reviews.csv"),
+                                                   "columns": {"text": "review", "label": "sentiment"}},
+                                          "train": TRAIN},
+                                 "grid": {"optim.lr_a": [1e-3, 1e-2]}}))
+    assert main(["validate", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "columns review, sentiment, extra" in out and "roles text=review, label=sentiment" in out
+    assert "train 40, val 5, test 5" in out and "labels neg, pos" in out
+    assert "model tiny-bert:" in out and "device cpu (auto), precision fp32" in out
+    assert not list(tmp_path.glob("**/sweep.db"))  # nothing written

@@ -80,6 +80,12 @@ class PairData:
     max_new_tokens: int = 64
 
 
+def _source(splits: Any) -> str:
+    """Where the user's rows came from, the columns found and which role reads which column."""
+    roles = ", ".join(f"{role}={column}" for role, column in splits.roles.items())
+    return f"{splits.source}; columns {', '.join(splits.columns)}; roles {roles}"
+
+
 def _label_rows(rows: Sequence[tuple[str, int]]) -> list[tuple[str, str | None, int]]:
     return [(text, None, label) for text, label in rows]
 
@@ -108,7 +114,7 @@ def classify_data(task: Any) -> ClassifyData:
         return [(str(r["text"]), None if r.get("text_pair") is None else str(r["text_pair"]), int(r["label"]))
                 for r in split]
 
-    return ClassifyData(rows(splits.train), rows(splits.val), rows(splits.test), names, splits.source)
+    return ClassifyData(rows(splits.train), rows(splits.val), rows(splits.test), names, _source(splits))
 
 
 def text_data(task: Any) -> TextData:
@@ -139,7 +145,7 @@ def text_data(task: Any) -> TextData:
     splits = load_splits(task.data, task.columns, roles=("text",), required=[("text",)], n_train=task.n_train,
                          n_val=task.n_val, n_test=task.n_test, split_seed=task.split_seed)
     return TextData(*([str(r["text"]) for r in rows] for rows in (splits.train, splits.val, splits.test)),
-                    splits.source)
+                    _source(splits))
 
 
 def _gsm_grader(dataset_name: str, dataset: Any) -> Callable[[str, Pair], float]:
@@ -202,5 +208,5 @@ def pair_data(task: Any) -> PairData:
         grade, metric = _user_score(task.score), "score"
     elif task.exact_match:
         grade = _exact
-    return PairData(pairs(splits.train), pairs(splits.val), pairs(splits.test), splits.source, grade=grade,
+    return PairData(pairs(splits.train), pairs(splits.val), pairs(splits.test), _source(splits), grade=grade,
                     metric=metric, max_new_tokens=task.max_new_tokens)

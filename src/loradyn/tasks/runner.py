@@ -149,11 +149,14 @@ def validate(config: Any) -> None:
 
 def describe(config: Any) -> str:
     """The resolved task for ``loradyn validate``: data source, columns, split sizes, model."""
+    from .device import device_name, resolve_device
     from .models import resolve_model
 
     recipe = recipe_for(config.task)
     return (f"task {config.task.kind}: {recipe.describe()}\n"
-            f"model {config.task.model}: {resolve_model(config.task.model)}")
+            f"model {config.task.model}: {resolve_model(config.task.model)}\n"
+            f"device {device_name(resolve_device(config.train.device))} ({config.train.device}), "
+            f"precision {config.train.precision}, batch {config.train.batch_size} x {config.train.grad_accum} accumulated")
 
 
 def run_pack(configs: Sequence[Any]) -> list[TrialResult]:
