@@ -25,6 +25,7 @@ from typing import Literal
 from loradyn.specs import LoraSpec, OptimSpec
 from loradyn.sweep.spec import config_id
 from loradyn.tasks import TaskKind, TrialResult, register_task
+from loradyn.tasks.pulse import report_steps
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -110,8 +111,9 @@ def run_pack(configs):
             with open(log, "a") as fh:
                 fh.write(f"{config_id(cfg)} {os.getpid()}\n")
         start = time.perf_counter()
-        if cfg.task.sleep:
-            time.sleep(cfg.task.sleep)
+        for step in range(10 if cfg.task.sleep else 0):  # the sleep in tenths, with heartbeats
+            time.sleep(cfg.task.sleep / 10)
+            report_steps(step + 1, 10)
         try:
             res = train_one(cfg)
         except Exception as err:

@@ -129,7 +129,7 @@ def fake_repro(monkeypatch, tmp_path):
     calls = []
 
     def reproduce(experiment_id, *, out, quick=False, seeds=None, overrides=(), executor="process",
-                  workers=None, quiet=False):
+                  workers=None, quiet=False, gpus=None):
         calls.append(dict(experiment_id=experiment_id, out=str(out), quick=quick, seeds=seeds,
                           overrides=tuple(overrides), executor=executor, workers=workers, quiet=quiet))
         if experiment_id == "nope":

@@ -50,6 +50,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_executor: str = "pro
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="parallel packs (default: the CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
+    p.add_argument("--gpus", default=None, metavar="all|0,1",
+                   help="process executor: one worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES)")
 
 
 def _experiment_listing() -> str:
@@ -126,7 +128,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     df = run_sweep(args.spec, args.out, overrides=args.overrides, executor=args.executor,
                    workers=args.workers, quiet=args.quiet, ray_address=args.ray_address,
-                   retry_failed=args.retry_failed, max_trials=args.max_trials)
+                   retry_failed=args.retry_failed, max_trials=args.max_trials, gpus=args.gpus)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "diverged", "failed", "pending", "running") if counts.get(s))
     _say(f"sweep {df.attrs.get('name', '')}: {len(df)} trials ({summary or 'none'})")
@@ -153,7 +155,7 @@ def _reproduce(args: argparse.Namespace, experiment: str, out: str, quick: bool)
 
     summary = reproduce(experiment, out=out, quick=quick, seeds=getattr(args, "seeds", None),
                         overrides=tuple(getattr(args, "overrides", ())), executor=args.executor,
-                        workers=args.workers, quiet=args.quiet)
+                        workers=args.workers, quiet=args.quiet, gpus=args.gpus)
     verdicts = _verdicts(summary)
     # a verdict fails only when the data decided against it; "undecided" is reported, not failed
     failed = [v for v in verdicts if v.get("status", "holds" if v.get("holds") else "fails") == "fails"]

@@ -68,6 +68,7 @@ def reproduce(
     executor: str = "process",
     workers: int | None = None,
     quiet: bool = False,
+    gpus: str | None = None,
 ) -> dict[str, Any]:
     """Run one experiment (or ``"all"``, the synthetic ones in order, into ``out/<id>/``).
 
@@ -79,7 +80,7 @@ def reproduce(
         overrides: dotted ``key=value`` overrides of the base trial configuration
             (``optim.lr_ratio=4``, ``lora.rank=8``, ``train.steps=100``); ``experiment.<name>=value``
             sets an experiment parameter (``experiment.widths=[128,1024]``).
-        executor, workers, quiet: passed to :func:`loradyn.sweep.run_sweep`.
+        executor, workers, quiet, gpus: passed to :func:`loradyn.sweep.run_sweep`.
 
     Returns:
         The summary dict (also written to ``summary.json``) with ``verdicts``: a list of
@@ -105,7 +106,7 @@ def reproduce(
     for exp in chosen:
         ctx = Context(experiment=exp.id, out=out / exp.id if experiment_id == "all" else out, quick=quick,
                       base_overrides=base_overrides, executor=executor, workers=workers, quiet=quiet,
-                      products=products)
+                      gpus=gpus, products=products)
         ctx.say(f"== {exp.id}{' (quick)' if quick else ''} -> {ctx.out}")
         summaries[exp.id] = run_experiment(exp, ctx, {k: v for k, v in params.items() if exp.accepts(k)}, seeds)
     if experiment_id != "all":

@@ -97,6 +97,7 @@ class Context:
     executor: str = "process"
     workers: int | None = None
     quiet: bool = False
+    gpus: str | None = None
     products: dict[type, Any] = field(default_factory=dict)
 
     def say(self, msg: str) -> None:

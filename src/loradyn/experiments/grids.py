@@ -93,7 +93,7 @@ def run_grid(ctx: Context, name: str, base: Mapping[str, Any], grid: Mapping[str
         executor, workers = "serial", None
     t0 = time.perf_counter()
     df = run_sweep(spec, directory or ctx.out / "sweeps" / name, overrides=ctx.base_overrides,
-                   executor=executor, workers=workers, quiet=ctx.quiet)
+                   executor=executor, workers=workers, quiet=ctx.quiet, gpus=ctx.gpus if executor == "process" else None)
     ctx.say(f"  sweep {name}: {len(df)} trials in {time.perf_counter() - t0:.1f} s")
     return df
 

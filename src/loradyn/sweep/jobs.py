@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..tasks.pulse import reporting
 from ..tasks.registry import TrialResult, get_task
 
-__all__ = ["PackJob", "PackOutcome", "execute_pack", "one_line", "single_thread"]
+__all__ = ["PackJob", "PackOutcome", "execute_pack", "one_line", "set_worker_beats", "single_thread"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -72,8 +73,27 @@ def _import_task_module(job: PackJob) -> None:
         importlib.import_module(job.task_module)
 
 
-def execute_pack(job: PackJob) -> PackOutcome:
-    """Build the configs and run one pack; never raises."""
+_WORKER_BEATS: Any = None  # where a worker process sends heartbeats (set by its initialiser)
+
+
+def set_worker_beats(channel: Any) -> None:
+    """Make this process send pack heartbeats to ``channel`` (a queue with ``put_nowait``)."""
+    global _WORKER_BEATS
+    _WORKER_BEATS = channel
+
+
+def _sink(pack: str, channel: Any):
+    """The heartbeat sink of one pack: a callable channel is called, a queue is put to."""
+    if channel is None:
+        return None
+    if callable(channel):
+        return lambda done, total: channel(pack, done, total)
+    return lambda done, total: channel.put_nowait((pack, done, total))
+
+
+def execute_pack(job: PackJob, beats: Any = None) -> PackOutcome:
+    """Build the configs and run one pack; never raises. Heartbeats (:mod:`loradyn.tasks.pulse`)
+    go to ``beats`` (a callable or a queue), else to this worker process's channel."""
     start = time.perf_counter()
     try:
         _import_task_module(job)
@@ -81,7 +101,8 @@ def execute_pack(job: PackJob) -> PackOutcome:
         configs = [task.build(c) if isinstance(c, dict) else c for c in job.configs]
         single_thread()
         start = time.perf_counter()
-        results = list(task.run_pack(configs))
+        with reporting(_sink(job.pack, beats if beats is not None else _WORKER_BEATS)):
+            results = list(task.run_pack(configs))
         seconds = time.perf_counter() - start
     except Exception as err:  # the whole pack failed: the driver records it, the sweep goes on
         return PackOutcome(None, one_line(err), time.perf_counter() - start)

@@ -2,13 +2,21 @@
 
 tqdm is imported lazily; without it (or when stderr is not a terminal) progress is one line every
 few seconds: ``[name] 12/40 trials (done 10, diverged 1, failed 1) 0:12 elapsed, eta 0:31``.
+
+While packs run, their heartbeats (steps done, :mod:`loradyn.tasks.pulse`) show at least every
+:data:`BEAT_TTY` seconds on a terminal (in the bar) and every :data:`BEAT_LOG` seconds in logs
+(a line ``[name] running 2 packs: steps 120/400, 40/400; 12/40 trials finished, 0:45 elapsed``),
+whether or not a pack has reported (``LORADYN_HEARTBEAT_SECONDS`` overrides both).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping
+
+BEAT_TTY, BEAT_LOG = 10.0, 60.0
 
 __all__ = ["Progress", "format_seconds"]
 
@@ -33,6 +41,11 @@ class Progress:
         self._last = 0.0
         self._bar = None
         self._counts: dict[str, int] = {}
+        self._running: dict[str, tuple[int, int]] = {}
+        self._last_beat = time.monotonic()
+        env = os.environ.get("LORADYN_HEARTBEAT_SECONDS")
+        tty = sys.stderr.isatty()
+        self.beat_every = float(env) if env else (BEAT_TTY if tty else BEAT_LOG)
         if quiet:
             return
         if sys.stderr.isatty():
@@ -60,6 +73,37 @@ class Progress:
         if now - self._last >= self.every or (self.n >= self.total and delta):
             self._last = now
             self._line()
+
+    def plan(self, text: str) -> None:
+        """Say at once what will run (before the first pack finishes)."""
+        if not self.quiet:
+            print(f"[{self.desc}] {text}", file=sys.stderr, flush=True)
+
+    def started(self, pack: str) -> None:
+        self._running.setdefault(pack, (0, 0))
+
+    def beat(self, pack: str, done: int, total: int) -> None:
+        """A running pack's heartbeat: ``done`` of ``total`` steps."""
+        self._running[pack] = (done, total)
+        self.tick()
+
+    def finished(self, pack: str) -> None:
+        self._running.pop(pack, None)
+
+    def tick(self) -> None:
+        """Show the running packs when a heartbeat is due (called from the driver's loop)."""
+        now = time.monotonic()
+        if self.quiet or now - self._last_beat < self.beat_every:
+            return
+        self._last_beat = now
+        steps = ", ".join(f"{d}/{t}" if t else "started" for d, t in self._running.values()) or "none reporting"
+        text = f"running {len(self._running)} pack{'s' if len(self._running) != 1 else ''}: steps {steps}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+            return
+        elapsed = format_seconds(time.monotonic() - self._start)
+        print(f"[{self.desc}] {text}; {self.n}/{self.total} {self.unit}s finished, {elapsed} elapsed",
+              file=sys.stderr, flush=True)
 
     def _line(self) -> None:
         elapsed = time.monotonic() - self._start

@@ -129,7 +129,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int | None, address: str | None = None, *, quiet: bool = True) -> None:
+    def __init__(self, workers: int | None, address: str | None = None, *, quiet: bool = True,
+                 on_beat: Any = None, resources: dict[str, float] | None = None) -> None:
         ray = _ray()
         self._ray = ray
         self._started = False
@@ -145,8 +146,23 @@ class RayExecutor:
                 except (ConnectionError, RuntimeError, ValueError) as err:
                     raise LoradynError(f"could not start a local Ray instance: {one_line(err)}") from None
             self._started = True
-        self.capacity = int(workers or max(1, ray.cluster_resources().get("CPU", 1)))
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(execute_pack)
+        cpus = float((resources or {}).get("cpus", 1))
+        gpus = float((resources or {}).get("gpus", 0))
+        cluster = ray.cluster_resources()
+        slots = cluster.get("CPU", 1) / max(cpus, 1e-9)
+        if gpus:
+            slots = min(slots, cluster.get("GPU", 0) / gpus)
+        self.capacity = int(workers or max(1, int(slots)))
+        self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_pack)
+        self._on_beat = on_beat
+        self._beats = None
+        if on_beat is not None:  # heartbeats of running packs, through a small queue actor
+            try:
+                from ray.util.queue import Queue
+
+                self._beats = Queue(maxsize=10_000)
+            except Exception:  # noqa: BLE001 - no heartbeats is not a reason to stop a sweep
+                self._beats = None
 
     def submit(self, job: PackJob) -> Any:
         # plain dicts: Ray unpickles arguments before execute_pack can put the driver's sys.path
@@ -155,11 +171,21 @@ class RayExecutor:
 
         configs = tuple(c if isinstance(c, dict) else spec_to_dict(c) for c in job.configs)
         return self._remote.remote(PackJob(job.pack, job.kind, job.task_module, configs,
-                                           job.sys_path or tuple(sys.path)))
+                                           job.sys_path or tuple(sys.path)), self._beats)
+
+    def _drain(self) -> None:
+        if self._beats is None:
+            return
+        try:
+            for pack, done, total in self._beats.get_nowait_batch(self._beats.qsize()):
+                self._on_beat(pack, done, total)
+        except Exception:  # noqa: BLE001 - a lost heartbeat is harmless
+            pass
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, PackOutcome]]:
         ray = self._ray
         ready, rest = ray.wait(list(handles), num_returns=1, timeout=timeout)
+        self._drain()
         if ready and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more

@@ -34,7 +34,7 @@ from .spec import DEFAULT_MAX_TRIALS, SweepSpec, count_line, expand, plan_packs,
 from .store import FINISHED, Claim, SweepStore
 from .tables import results_frame
 
-__all__ = ["run_sweep", "validate_inputs"]
+__all__ = ["run_sweep", "validate_inputs", "visible_gpus"]
 
 POLL_SECONDS = 0.25
 
@@ -115,6 +115,27 @@ def _check_workers(executor: str, workers: int | None) -> None:
         raise LoradynError(f"workers must be an integer >= 1, got {workers!r}")
 
 
+def visible_gpus(gpus: str | Sequence[str] | None, executor: str) -> list[str] | None:
+    """The GPU ids of ``--gpus`` (``all`` or ``0,1,…``), checked against this machine (one line)."""
+    if gpus is None or gpus == "" or gpus == []:
+        return None
+    if executor != "process":
+        raise LoradynError(f"--gpus places the process executor's workers; with --executor {executor} give "
+                           "each pack's resources in the spec instead (resources: {gpus: 1})")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise LoradynError("--gpus: this machine has no CUDA device (torch "
+                           f"{torch.__version__}); drop --gpus to run on the CPU")
+    ids = [str(i) for i in range(count)] if gpus == "all" else (
+        [g.strip() for g in gpus.split(",")] if isinstance(gpus, str) else [str(g) for g in gpus])
+    bad = [g for g in ids if not g.isdigit() or int(g) >= count]
+    if bad or not ids:
+        raise LoradynError(f"--gpus {gpus!r}: this machine has GPUs 0..{count - 1}; give 'all' or ids like 0,1")
+    return ids
+
+
 def validate_inputs(task: TaskKind, packs: Sequence[Any]) -> None:
     """Let a kind reject bad input (missing data, targets matching nothing) before any training.
 
@@ -144,6 +165,7 @@ def run_sweep(
     ray_address: str | None = None,
     retry_failed: bool = False,
     max_trials: int | None = DEFAULT_MAX_TRIALS,
+    gpus: str | Sequence[str] | None = None,
 ):
     """Run (or resume) a sweep into the directory ``out``; returns its results table.
 
@@ -157,6 +179,8 @@ def run_sweep(
         ray_address: the Ray cluster to connect to (``executor="ray"``); default: a local instance.
         retry_failed: run trials that previously ``failed`` again.
         max_trials: refuse a sweep of more trials (counted before expanding; ``None``: no limit).
+        gpus: ``"all"`` or device ids (``"0,1"``): the process executor runs one worker per GPU, each
+            seeing only its own (``CUDA_VISIBLE_DEVICES``).
 
     Returns:
         A DataFrame, one row per trial of this sweep in expansion order: ``trial_id``, the
@@ -168,6 +192,9 @@ def run_sweep(
         LoradynError: bad spec, overrides, executor or workers (one line).
     """
     _check_workers(executor, workers)
+    gpu_ids = visible_gpus(gpus, executor)
+    if gpu_ids:
+        workers = workers or len(gpu_ids)
     if executor == "ray":
         from .ray_backend import connect_timeout
 
@@ -205,7 +232,7 @@ def run_sweep(
         if todo_packs:
             configs = {t.trial_id: t.config for t in trials}
             _drive(store, sweep, configs, ids, statuses, executor,
-                   n_workers if executor != "ray" else workers, ray_address, quiet, env)
+                   n_workers if executor != "ray" else workers, ray_address, quiet, env, pack_of, gpu_ids)
         df = results_frame(store, ids)
     finally:
         store.close()
@@ -216,20 +243,27 @@ def run_sweep(
 
 def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: list[str], statuses: dict[str, str],
            executor_name: str, workers: int | None, ray_address: str | None, quiet: bool,
-           env: dict[str, Any]) -> None:
+           env: dict[str, Any], pack_of: dict[str, str], gpus: list[str] | None) -> None:
     lease = lease_seconds()
     owner = new_owner()
     wanted = set(ids)
     module = task_module(sweep.kind)
     counts = Counter(s for s in statuses.values() if s in FINISHED)
     progress = Progress(sweep.name, len(ids), sum(counts.values()), quiet=quiet)
+    todo = [tid for tid in ids if statuses.get(tid) not in FINISHED]
+    packs = len({pack_of[tid] for tid in todo})
+    progress.plan(f"plan: {len(todo)} trials to run ({len(ids) - len(todo)} of {len(ids)} already finished) "
+                  f"in {packs} pack{'s' if packs != 1 else ''} on the {executor_name} executor"
+                  + (f" with {workers} worker{'s' if workers != 1 else ''}" if workers else "")
+                  + (f" (GPUs {','.join(gpus)})" if gpus else ""))
     store.begin_run(owner, executor_name, workers or 0, env)
     heartbeat = _Heartbeat(store, owner, lease)
     heartbeat.start()
     executor = None
     clean = False
     try:
-        executor = make_executor(executor_name, workers, ray_address, quiet=quiet)
+        executor = make_executor(executor_name, workers, ray_address, quiet=quiet, on_beat=progress.beat,
+                                 gpus=gpus, resources=sweep.resources)
         in_flight: dict[Any, Claim] = {}
         while True:
             while len(in_flight) < executor.capacity:
@@ -239,6 +273,8 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                 job = PackJob(claim.pack, sweep.kind, module,
                               tuple(configs[tid] for tid in claim.trial_ids), tuple(sys.path))
                 in_flight[executor.submit(job)] = claim
+                progress.started(claim.pack)
+            progress.tick()
             if not in_flight:
                 now = store.statuses(ids)
                 if all(s in FINISHED for s in now.values()):
@@ -248,6 +284,7 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                 continue
             for handle, outcome in executor.wait(list(in_flight), timeout=POLL_SECONDS * 4):
                 claim = in_flight.pop(handle)
+                progress.finished(claim.pack)
                 store.complete(owner, owner, _results(claim, outcome, sweep.metric))
                 _refresh(progress, store.statuses(ids))
         clean = True

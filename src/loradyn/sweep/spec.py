@@ -60,7 +60,7 @@ __all__ = [
     "resolve_sweep",
 ]
 
-_TOP_KEYS = ("name", "seeds", "metric", "mode")
+_TOP_KEYS = ("name", "seeds", "metric", "mode", "resources")
 DEFAULT_MAX_TRIALS = 100_000
 
 
@@ -77,6 +77,8 @@ class SweepSpec:
             :func:`resolve_sweep` fills it in).
         mode: ``min`` or ``max`` for ``metric`` (``None``: the metric's declared direction;
             :func:`resolve_sweep` fills it in).
+        resources: what each pack asks the Ray executor for: ``{cpus: 1, gpus: 1}`` (default one
+            CPU, no GPU).
     """
 
     name: str = "sweep"
@@ -85,6 +87,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0,)
     metric: str | None = None
     mode: Literal["min", "max"] | None = None
+    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -98,6 +101,7 @@ class SweepSpec:
             "seeds": list(self.seeds),
             "metric": self.metric,
             "mode": self.mode,
+            **({"resources": dict(self.resources)} if self.resources else {}),
         }
 
 
@@ -221,7 +225,7 @@ def resolve_sweep(
         raise SpecError(f"a sweep spec is a YAML path, a mapping or a SweepSpec, not {type(spec).__name__}")
     if not isinstance(data, Mapping):
         raise SpecError(f"a sweep spec must be a YAML mapping (name, base, grid, seeds), not {type(data).__name__}")
-    valid = ("name", "base", "grid", "seeds", "metric", "mode")
+    valid = ("name", "base", "grid", "seeds", "metric", "mode", "resources")
     for key in data:
         if key not in valid:
             raise SpecError(f"unknown key {key!s} in sweep spec; valid keys: {', '.join(valid)}")
@@ -279,8 +283,25 @@ def resolve_sweep(
                         f"{max_trials:,}; shrink the grid or the seeds, or raise the limit with --max-trials N")
     metric, mode = resolve_metric(get_task(task["kind"]), metric, mode)
     return SweepSpec(
-        name=name, base=base, grid=expanded, seeds=_seeds(top.get("seeds", [0])), metric=metric, mode=mode
+        name=name, base=base, grid=expanded, seeds=_seeds(top.get("seeds", [0])), metric=metric, mode=mode,
+        resources=_resources(top.get("resources")),
     )
+
+
+def _resources(value: Any) -> dict[str, float]:
+    """``resources: {cpus: 1, gpus: 1}``: what a pack asks the Ray executor for (numbers >= 0)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"resources must be a mapping like {{cpus: 1, gpus: 1}}, got {value!r}")
+    out = {}
+    for key, number in value.items():
+        if key not in ("cpus", "gpus"):
+            raise SpecError(f"resources: unknown key {key!r}; use cpus and gpus")
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not number >= 0:
+            raise SpecError(f"resources.{key} must be a number >= 0, got {number!r}")
+        out[key] = float(number)
+    return out
 
 
 def config_id(data: Any, kind: str | None = None) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..tasks.pulse import report_steps
 from .data import FrozenParts, init_student
 from .spec import SyntheticSpec
 
@@ -212,8 +213,12 @@ class _Pass:
         return loss, grad_a.view(kk, r, n), grad_bt
 
 
-def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> list[ChunkOutcome]:
-    """Train ``configs`` (one pack key, same data seed) together; one outcome per config, in order."""
+def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec], *, steps_before: int = 0,
+                     steps_total: int | None = None) -> list[ChunkOutcome]:
+    """Train ``configs`` (one pack key, same data seed) together; one outcome per config, in order.
+
+    Heartbeats (:mod:`loradyn.tasks.pulse`) count configuration-steps: ``steps_before`` + steps ×
+    configurations done, of ``steps_total``."""
     cfg0 = configs[0]
     train = cfg0.train
     dtype, device = frozen.h_train.dtype, frozen.h_train.device
@@ -262,6 +267,7 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
             o.lora_B = bt_s[j].T.clone().cpu()
 
     for t in range(train.steps + 1):
+        report_steps(steps_before + t * len(configs), steps_total or train.steps * len(configs))
         kk = len(live)
         loss_t, grad_a, grad_bt = engine.run(a, bt, alpha, backward=t < train.steps)
         losses = loss_t.tolist()
@@ -303,7 +309,8 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec]) -> l
     return outcomes
 
 
-def train_full(frozen: FrozenParts, config: SyntheticSpec) -> ChunkOutcome:
+def train_full(frozen: FrozenParts, config: SyntheticSpec, *, steps_before: int = 0,
+               steps_total: int | None = None) -> ChunkOutcome:
     """Full finetuning of the hidden matrix (W* + ΔW, ΔW from 0) with Adam at ``optim.lr_a``."""
     train = config.train
     h, g, y_star, w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
@@ -323,6 +330,7 @@ def train_full(frozen: FrozenParts, config: SyntheticSpec) -> ChunkOutcome:
         return p, p @ w_out.T
 
     for t in range(train.steps + 1):
+        report_steps(steps_before + t, steps_total or train.steps)
         p, y = fwd(h, g)
         res = y - y_star
         loss = float(res.square().mean())

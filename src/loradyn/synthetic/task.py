@@ -105,6 +105,7 @@ def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[Tri
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(specs):
         groups.setdefault(_key(c), []).append(i)
+    done_steps, total_steps = 0, sum(c.train.steps for c in specs)  # configuration-steps, for heartbeats
     for idxs in groups.values():
         cfg0 = specs[idxs[0]]
         t0 = time.perf_counter()
@@ -124,11 +125,13 @@ def run_pack(configs: Sequence[Any], *, return_params: bool = False) -> list[Tri
             chunks = [idxs[j : j + size] for j in range(0, len(idxs), size)]
         for chunk in chunks:
             t1 = time.perf_counter()
+            beat = {"steps_before": done_steps, "steps_total": total_steps}
+            done_steps += cfg0.train.steps * len(chunk)
             try:
                 if cfg0.lora.method == "full":
-                    outs = [train_full(frozen, specs[chunk[0]])]
+                    outs = [train_full(frozen, specs[chunk[0]], **beat)]
                 else:
-                    outs = train_lora_chunk(frozen, [specs[i] for i in chunk])
+                    outs = train_lora_chunk(frozen, [specs[i] for i in chunk], **beat)
             except Exception as err:  # noqa: BLE001 - reported per trial
                 sec = (time.perf_counter() - t1) / len(chunk) + setup
                 for i in chunk:

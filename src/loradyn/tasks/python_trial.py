@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import LoradynError, SpecError
 from .callables import check_reference, load_callable
+from .pulse import report_steps
 from .registry import TrialResult
 
 __all__ = ["PythonTrial", "make_config", "run_pack", "validate"]
@@ -96,12 +97,14 @@ def _metrics(value: Any, entry: str) -> dict[str, float]:
     return out
 
 
-def _reporter(curves: list[dict[str, Any]]):
-    """``report(step, **metrics)``: the callback a trial gets for its per-step curves."""
+def _reporter(curves: list[dict[str, Any]], total_steps: int):
+    """``report(step, **metrics)``: the callback a trial gets for its per-step curves (also the
+    sweep's heartbeat)."""
 
     def report(step: int, **metrics: Any) -> None:
         for name, value in metrics.items():
             curves.append({"step": int(step), "metric": str(name), "value": float(value)})
+        report_steps(int(step), total_steps)
 
     return report
 
@@ -112,7 +115,8 @@ def run_pack(configs: Sequence[PythonTrial]) -> list[TrialResult]:
     for config in configs:
         start = time.perf_counter()
         curves: list[dict[str, Any]] = []
-        report = _reporter(curves)
+        steps = config.get("train", {}).get("steps") if isinstance(config.get("train"), dict) else None
+        report = _reporter(curves, steps if isinstance(steps, int) else 0)
         try:
             fn = load_callable(config.entry, what="task.entry")
             metrics = _metrics(fn(dict(config), report), config.entry)

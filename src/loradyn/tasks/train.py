@@ -39,6 +39,7 @@ from ..probes import FeatureNormProbe
 from .device import resolve_device
 from .models import check_targets, lora_config
 from .precision import autocast, grad_scaler, prepare_half_, stores_half
+from .pulse import report_steps
 from .registry import TrialResult
 
 __all__ = ["train_trials", "SoloPack"]
@@ -155,8 +156,9 @@ def train_trials(recipe, configs: Sequence[Any], *, pack: bool, base=None, dtype
         results, model = _train(recipe, configs, base)
         return (results, [model]) if keep_model else results
     results, models = [], []
-    for c in configs:
-        res, model = _train(recipe, [c], copy.deepcopy(base))
+    total = sum(c.train.steps for c in configs)
+    for i, c in enumerate(configs):
+        res, model = _train(recipe, [c], copy.deepcopy(base), steps_before=i * c.train.steps, steps_total=total)
         results.extend(res)
         if keep_model:  # else each trained copy of the base is freed before the next solo run
             models.append(model)
@@ -164,7 +166,9 @@ def train_trials(recipe, configs: Sequence[Any], *, pack: bool, base=None, dtype
     return (results, models) if keep_model else results
 
 
-def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any]:
+def _train(recipe, configs: Sequence[Any], base, *, steps_before: int = 0,
+           steps_total: int | None = None) -> tuple[list[TrialResult], Any]:
+    """Train ``configs`` together; heartbeats count ``steps_before`` + this run's steps of ``steps_total``."""
     t0 = time.perf_counter()
     train = configs[0].train
     torch.set_num_threads(train.threads)
@@ -188,6 +192,7 @@ def _train(recipe, configs: Sequence[Any], base) -> tuple[list[TrialResult], Any
     recipe.device = device  # batches are built on the CPU and moved there
     with router, (probe or contextlib.nullcontext()):
         for step in range(train.steps):
+            report_steps(steps_before + step, steps_total or train.steps)
             seen = _accumulate(recipe, model, router, batches, train, device, scaler, step, diverged)
             for name, values in seen.items():
                 value = sum(values) / len(values)  # the step's loss: the mean over its micro-batches
