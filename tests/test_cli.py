@@ -255,3 +255,14 @@ def test_a_spec_with_a_duplicate_key_is_one_line(tmp_path, capsys):
     line = _one_error_line(capsys)
     assert line.startswith(f"loradyn: error: duplicate key 'base' in '{path}' at lines 2 and ")
     assert line.endswith(": keep one")
+
+
+def test_suggest_lr_marks_rules_derived_here_and_reads_negative_numbers(capsys):
+    assert main(["suggest-lr", "--lr", "1e-3", "--rank", "8", "32", "--init", "B", "--alpha-rule", "rslora"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 0.002" in out and "DERIVED HERE, NOT PUBLISHED" in out and "docs/theory.md §5.1" in out
+    assert main(["suggest-lr", "--lr", "1e-3", "--rank", "8", "32", "--init", "A", "--alpha-rule", "1"]) == 0
+    assert "published rule" in capsys.readouterr().out
+    assert main(["suggest-lr", "--lr", "-1e-3"]) == 2  # a value error, not "expected one argument"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["loradyn: error: lr must be a finite number > 0, got -0.001"]

@@ -107,3 +107,14 @@ def test_bad_input_is_one_line(bad, match, tmp_path):
     with pytest.raises(LoradynError, match=match) as err:
         reproduce(out=tmp_path, executor="serial", quiet=True, **{"seeds": None, **bad})
     assert "\n" not in str(err.value)
+
+
+def test_the_verdict_table_wraps_long_claims_at_word_boundaries():
+    from loradyn.verdicts import Verdict, verdict_table
+
+    claim = "Init[A]'s optimal learning rate is larger than Init[B]'s at every width from 128 to 8192 inclusive"
+    table = verdict_table([Verdict.check(claim, "a > b", "measured value", True).to_dict()])
+    header, _, *rows = table.splitlines()
+    start, end = header.index("claim"), header.index("expected")
+    assert " ".join(row[start:end].strip() for row in rows) == claim  # wrapped at spaces, nothing cut
+    assert len(rows) == 2 and all(len(row[start:end].rstrip()) <= 56 for row in rows)
