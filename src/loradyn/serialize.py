@@ -32,6 +32,9 @@ from .overrides import apply_overrides
 T = TypeVar("T")
 
 __all__ = [
+    "LATE",
+    "identity_dict",
+    "late_field",
     "load_spec",
     "load_yaml",
     "save_spec",
@@ -171,6 +174,30 @@ def spec_from_dict(cls: type[T], data: Mapping[str, Any] | None, *, _where: str 
         raise
     except TypeError as err:  # missing required fields
         raise SpecError(f"{_where or cls.__name__}: {err}") from None
+
+
+#: Field metadata key: a field added after trial ids existed (see :func:`late_field`).
+LATE = "loradyn_late"
+
+
+def late_field(default: Any) -> Any:
+    """A spec field added after stores of trials already existed: while it holds its default it is
+    left out of a trial's identity (:func:`identity_dict`), so those stores keep their trial ids and
+    resume instead of re-running everything."""
+    return dataclasses.field(default=default, metadata={LATE: True})
+
+
+def identity_dict(spec: Any) -> Any:
+    """What a trial's id hashes: :func:`spec_to_dict` without late fields (:func:`late_field`) at
+    their default. Plain data is returned as it is."""
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        return {f.name: identity_dict(getattr(spec, f.name)) for f in dataclasses.fields(spec)
+                if not (f.metadata.get(LATE) and getattr(spec, f.name) == f.default)}
+    if isinstance(spec, Mapping) and not dataclasses.is_dataclass(spec):
+        return {str(k): identity_dict(v) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [identity_dict(v) for v in spec]
+    return spec_to_dict(spec)
 
 
 def spec_to_dict(spec: Any) -> Any:

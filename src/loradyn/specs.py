@@ -18,7 +18,7 @@ from typing import Any, Literal
 from .errors import LoradynError, SpecError
 from .init_methods import check_init_method, is_peft_method
 from .overrides import apply_overrides
-from .serialize import load_yaml, save_spec, spec_from_dict, spec_to_dict
+from .serialize import late_field, load_yaml, save_spec, spec_from_dict, spec_to_dict
 
 __all__ = ["PEFT_NAMES", "LoraSpec", "OptimSpec"]
 
@@ -114,7 +114,7 @@ class LoraSpec:
     rslora: bool = False
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    modules_to_save: tuple[str, ...] | None = None
+    modules_to_save: tuple[str, ...] | None = late_field(None)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:

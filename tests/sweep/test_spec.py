@@ -285,3 +285,35 @@ def test_duplicate_keys_in_a_sweep_file_are_refused(tmp_path):
                     "  optim.lr_a: [0.2]\nseeds: 1\n")
     with pytest.raises(SpecError, match=r"duplicate key 'optim.lr_a' in '.*s.yaml' at lines 5 and 6: keep one"):
         resolve_sweep(path)
+
+
+# Trial ids written by loradyn before TrainSpec.device/precision/grad_accum,
+# SyntheticTrainSpec.device and LoraSpec.modules_to_save existed: a store made then must resume.
+_PRE_DEVICE_IDS = {
+    "synthetic": ({"task": {"kind": "synthetic", "width": 64}, "lora": {"rank": 2, "init": "B"},
+                   "train": {"steps": 5}}, {"optim.lr_a": [1e-3, 2e-3]}, 2,
+                  ["08a68f8d95783847", "7476989e8bd805c6", "9d3ccfa6efe2d599", "2e8f7e2e7bf39c90"]),
+    "sentiment": ({"task": {"kind": "sentiment"}, "lora": {"rank": 4}, "train": {"steps": 5}},
+                  {"optim.lr_a": [1e-4, 1e-3], "lora.init": ["A", "B"]}, [0, 1],
+                  ["9bbbc77a4b3fdbe0", "98f947bd16056122", "a391538d98d9f804", "7414dd9e80c83b3e",
+                   "7f286317459cad3e", "4349586c8dc3281c", "8d795f4d4372467a", "3d4b2165e77ecb5a"]),
+    "trec6": ({"task": {"kind": "trec6"}, "train": {"steps": 3}}, {"optim.lr_ratio": [1, 16]}, 1,
+              ["18c95ca17e8457e3", "55b37f4823af769a"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_PRE_DEVICE_IDS))
+def test_trial_ids_of_older_stores_are_kept(kind):
+    base, grid, seeds, ids = _PRE_DEVICE_IDS[kind]
+    trials = expand(resolve_sweep({"name": kind, "base": base, "grid": grid, "seeds": seeds}))
+    assert [t.trial_id for t in trials] == ids
+
+
+def test_late_fields_count_once_they_leave_their_default():
+    base = {"task": {"kind": "sentiment"}, "train": {"steps": 5}}
+    ids = set()
+    for extra in ({}, {"precision": "bf16"}, {"grad_accum": 2}, {"device": "cpu"}):
+        spec = {"name": "x", "base": {**base, "train": {**base["train"], **extra}},
+                "grid": {"optim.lr_a": [1e-3]}, "seeds": 1}
+        ids.add(expand(resolve_sweep(spec))[0].trial_id)
+    assert len(ids) == 4

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from ..errors import SpecError
 from ..overrides import axis_values, log2_grid, parse_overrides, set_dotted
-from ..serialize import load_yaml, spec_to_dict
+from ..serialize import identity_dict, load_yaml, spec_to_dict
 from ..tasks.registry import TaskKind, get_task
 
 __all__ = [
@@ -305,8 +305,12 @@ def _resources(value: Any) -> dict[str, float]:
 
 
 def config_id(data: Any, kind: str | None = None) -> str:
-    """Content hash (16 hex digits) of a resolved trial configuration (spec instance or plain dict)."""
-    plain = spec_to_dict(data)
+    """Content hash (16 hex digits) of a resolved trial configuration (spec instance or plain dict).
+
+    Fields added to the specs after stores existed (:func:`loradyn.serialize.late_field`) count only
+    when they differ from their default, so an existing store's trials keep their ids. A plain dict
+    is hashed as given."""
+    plain = identity_dict(data)
     if kind is None:
         kind = plain.get("task", {}).get("kind") if isinstance(plain, Mapping) else None
     text = json.dumps({"kind": kind, "config": plain}, sort_keys=True, separators=(",", ":"))
@@ -331,7 +335,7 @@ def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
             data["seed"] = seed
             config = task.build(data)
             resolved = spec_to_dict(config)
-            tid = config_id(resolved, spec.kind)
+            tid = config_id(config, spec.kind)
             if tid in seen:
                 continue
             seen.add(tid)

@@ -21,7 +21,7 @@ from typing import Literal
 
 from ..errors import LoradynError, SpecError
 from ..scaling import ALPHA_RULES, alpha_value, canonical_alpha_rule
-from ..serialize import spec_from_dict, spec_to_dict
+from ..serialize import late_field, spec_from_dict, spec_to_dict
 from ..specs import OptimSpec
 from ..tasks.spec import check_device_syntax
 
@@ -144,7 +144,7 @@ class SyntheticTrainSpec:
     record_steps: tuple[int, ...] = ()
     curve_every: int = 0
     blowup_factor: float = 100.0
-    device: str = "auto"
+    device: str = late_field("auto")
 
     def __post_init__(self) -> None:
         _positive_int(self.steps, "train.steps")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import SpecError
+from ..serialize import late_field
 from ..specs import LoraSpec, OptimSpec
 
 __all__ = [
@@ -105,9 +106,9 @@ class TrainSpec:
     max_pack: int = 8
     data_order_seed: int | None = None
     threads: int = 1
-    device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    grad_accum: int = 1
+    device: str = late_field("auto")
+    precision: Literal["fp32", "bf16", "fp16"] = late_field("fp32")
+    grad_accum: int = late_field(1)
 
     def __post_init__(self) -> None:
         _positive("train", steps=self.steps, batch_size=self.batch_size,
