@@ -95,3 +95,14 @@ def test_axis_values_lists_and_log2_grids():
         with pytest.raises(SpecError, match=match) as err:
             axis_values("optim.lr_a", bad)
         assert _one_line(err).startswith("grid.optim.lr_a")
+
+
+def test_an_inline_mapping_with_a_key_written_twice_is_refused() -> None:
+    with pytest.raises(SpecError, match="duplicate key 'a'.*keep one"):
+        parse_overrides(["grid={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize("grid", [(-2000, 5, 0.5), (1, 1e6, 1e5), (1030, 1040, 1)])
+def test_log2_grids_beyond_float_range_are_one_line(grid) -> None:
+    with pytest.raises(SpecError, match="exponents must lie in"):
+        log2_grid(*grid)

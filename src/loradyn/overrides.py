@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import SpecError
+from .yaml_strict import DuplicateKey, UniqueKeyLoader
 
 __all__ = [
     "apply_overrides",
@@ -28,12 +29,21 @@ __all__ = [
 ]
 
 MAX_AXIS = 10_000
+MAX_EXPONENT = 1000  # 2.0 ** 1024 overflows a float
 
 
 def parse_value(text: str) -> Any:
-    """The value side of ``key=value``, read as YAML (text that is not YAML stays text)."""
+    """The value side of ``key=value``, read as YAML (text that is not YAML stays text).
+
+    Raises:
+        SpecError: an inline mapping that writes one key twice.
+    """
+    if not text.strip():
+        return ""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as dup:
+        raise SpecError(f"duplicate key {dup.key!r} in the value {text!r}: keep one") from None
     except yaml.YAMLError:
         return text
 
@@ -89,6 +99,9 @@ def log2_grid(lo: float, hi: float, step: float = 0.5) -> list[float]:
         raise SpecError(f"log2 grid needs three numbers [lo, hi, step], got {[lo, hi, step]!r}")
     if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or step <= 0 or hi < lo:
         raise SpecError(f"log2 grid [lo, hi, step] needs lo <= hi and step > 0, got {[lo, hi, step]!r}")
+    if max(abs(lo), abs(hi)) > MAX_EXPONENT:
+        raise SpecError(f"log2 grid {[lo, hi, step]!r}: exponents must lie in "
+                        f"[-{MAX_EXPONENT}, {MAX_EXPONENT}] (the values are 2**exponent)")
     n = int(math.floor((hi - lo) / step + 1e-9)) + 1
     if n > MAX_AXIS:
         raise SpecError(f"log2 grid {[lo, hi, step]!r} has {n} points; use a larger step")

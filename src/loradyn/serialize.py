@@ -28,6 +28,7 @@ import yaml
 
 from .errors import SpecError
 from .overrides import apply_overrides
+from .yaml_strict import DuplicateKey, UniqueKeyLoader
 
 T = TypeVar("T")
 
@@ -213,36 +214,6 @@ def spec_to_dict(spec: Any) -> Any:
     return spec
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, first: int, second: int) -> None:
-        super().__init__(key, first, second)
-        self.key, self.first, self.second = key, first, second
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (at any depth).
-
-    Plain YAML keeps the last value silently. Keys merged in with ``<<: *anchor`` may still be
-    overridden by the mapping's own keys, as YAML intends.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(key, seen[key], line)
-                    seen[key] = line
-                except TypeError:  # an unhashable key: the base constructor reports it
-                    continue
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file; missing files, malformed YAML and duplicate keys give one clear line."""
     path = Path(path)
@@ -252,8 +223,8 @@ def load_yaml(path: str | Path) -> Any:
         raise SpecError(f"spec path {str(path)!r} is a directory, expected a YAML file")
     try:
         with path.open() as fh:
-            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except _DuplicateKey as dup:
+            return yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as dup:
         lines = f"lines {dup.first} and {dup.second}" if dup.first != dup.second else f"line {dup.first}"
         raise SpecError(f"duplicate key {dup.key!r} in {str(path)!r} at {lines}: keep one") from None
     except yaml.YAMLError as err:
