@@ -6,8 +6,8 @@ CUDA it runs, and prints one table row per check:
 1. the synthetic engine on CUDA against the CPU result, float64 (LoRA packs, Init[A]/Init[B],
    every α rule, and full finetuning): final losses, test losses and adapter weights within
    ``RTOL_F64`` (relative, the bound of ``tests/synthetic/test_device.py``); float32 is reported;
-2. the synthetic engine at a width far beyond the CPU's (``--wide``, default 65,536; the LoRA+ toy
-   without the n × n matrix W*, or with it with ``--wide-w-star``), timed;
+2. the synthetic engine at a width far beyond the CPU's (``--wide``, default 65,536; the residual form
+   (no n × n matrix W*), or the hidden form with W* with ``--wide-w-star``), timed;
 3. small ``hf-classify`` and ``hf-sft`` sweeps (tiny random BERT / Llama models and data written
    here, nothing downloaded) on CUDA with bf16 autocast and gradient accumulation (the sft one
    greedy-decodes on the GPU for exact match), and one hf-classify trial in fp32 on CUDA against the
@@ -126,7 +126,7 @@ def check_wide(table: Table, gpu: str, width: int, w_star: bool) -> None:
     clear_cache()
     steps, k = 20, 8
     configs = [SyntheticSpec.from_dict({
-        "task": {"width": width, "n_train": 1000, "with_w_star": w_star, "data_seed": 1},
+        "task": {"width": width, "n_train": 1000, "form": "hidden" if w_star else "residual", "data_seed": 1},
         "lora": {"init": "A", "rank": 4}, "optim": {"lr_a": lr * width ** -0.5, "lr_ratio": 4.0},
         "train": {"steps": steps, "dtype": "float32", "device": gpu}}) for lr in (0.25, 0.5, 1, 2, 4, 8, 16, 32)]
     t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def check_wide(table: Table, gpu: str, width: int, w_star: bool) -> None:
     ok = all(r.status in ("done", "diverged") for r in results) and any(r.status == "done" for r in results)
     finite = [r.metrics.get("final_train_loss") for r in results if r.status == "done"]
     cpu_estimate = k * steps * seconds_per_step(width)
-    table.add(f"synthetic wide n={width:,}{' with W*' if w_star else ' (no W*)'}, {k} configs x {steps} steps", gpu,
+    table.add(f"synthetic wide n={width:,}{' with W*' if w_star else ' (residual form, no W*)'}, {k} configs x {steps} steps", gpu,
               f"{seconds:.1f} s incl. setup ({k * steps / seconds:.0f} config-steps/s; one CPU core: ~{cpu_estimate:.0f} s); "
               f"statuses {sorted({r.status for r in results})}, best loss {min(finite) if finite else math.nan:.3g}"
               + (f"; {results[0].error}" if results[0].error else ""), ok, seconds=seconds)

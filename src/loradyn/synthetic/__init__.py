@@ -1,6 +1,7 @@
 """The synthetic teacher–student LoRA model and its batched engine (arXiv 2406.08447 §3, 2402.12354).
 
-``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))``: frozen random "pretrained" weights, a teacher
+``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))`` (``task.form=hidden``) or, with ``task.form=residual``,
+``f(x) = W_out · φ(z + α·B·A·φ(z))``, ``z = W_in x``: frozen random "pretrained" weights, a teacher
 with a random rank-r* adapter, a student that trains its own rank-r adapter from Init[A] or
 Init[B] with full-batch Adam. :func:`run_pack` trains many configurations at once;
 the sweep engine's ``synthetic`` kind is :mod:`loradyn.tasks.kinds.synthetic`.

@@ -6,9 +6,12 @@ process, whatever else is drawn (with or without W*, any dtype, any pack). Draws
 CPU in float64, rounded to the run's dtype and only then moved to the run's device
 (``train.device``), so every device starts from the same numbers.
 
-The frozen parts ``H = φ(x W_inᵀ)`` and ``G = H W*ᵀ`` (train and test) and the teacher's targets
-are computed once per (width, data seed, dtype, device), on the device, and kept in a small per-process cache
-(:func:`frozen_parts`), so consecutive packs in one worker share them too.
+The frozen parts ``H = φ(x W_inᵀ)`` (the adapter's input) and ``G`` (the frozen part of the hidden
+pre-activation: ``H W*ᵀ`` in the ``hidden`` form, ``Z = x W_inᵀ`` in the ``residual`` form), train and
+test, and the teacher's targets are computed once per (task, data seed, dtype, device), on the
+device, and kept in a small per-process cache (:func:`frozen_parts`), so consecutive packs in one
+worker share them too. The engine only ever sees ``P = G + α·Z_A·Bᵀ``, so both forms train with
+the same code.
 """
 
 from __future__ import annotations
@@ -43,20 +46,29 @@ def _normal(shape: tuple[int, ...], std: float, seed: int, stream: str) -> torch
 def teacher_weights(task: SyntheticTaskSpec, data_seed: int) -> dict[str, torch.Tensor]:
     """The frozen network and the teacher's adapter, float64.
 
-    ``w_in`` (n, d) ~ N(0, 1/d); ``w_star`` (n, n) ~ N(0, 1/n) (absent without W*); ``w_out``
-    (d_out, n) ~ N(0, 1/n); ``a_star`` (r*, n) ~ N(0, 1/n); ``b_star`` (n, r*) ~ N(0, 1/r*);
+    ``w_in`` (n, d) ~ N(0, 1/d); ``w_star`` (n, n) ~ N(0, 1/n) (``hidden`` form only); ``w_out``
+    (d_out, n) ~ N(0, 1/n) (``readout=sp``) or the same draw times n^-1/2, i.e. N(0, 1/n²)
+    (``mup``); ``w_out_teacher`` (d_out, n): ``w_out`` itself (``teacher_readout=shared``) or its own
+    draw ~ N(0, 1/n) (``independent``); ``a_star`` (r*, n) ~ N(0, 1/n); ``b_star`` (n, r*) ~ N(0, 1/r*);
     ``x_train`` (N, d) and ``x_test`` (N_test, d) ~ N(0, 1).
     """
     n, d, r = task.width, task.d_in, task.teacher_rank
+    w_out = _normal((task.d_out, n), n**-0.5, data_seed, f"w_out:{n}:{task.d_out}")
+    if task.readout == "mup":
+        w_out.mul_(n**-0.5)
     w = {
         "w_in": _normal((n, d), d**-0.5, data_seed, f"w_in:{n}:{d}"),
-        "w_out": _normal((task.d_out, n), n**-0.5, data_seed, f"w_out:{n}:{task.d_out}"),
+        "w_out": w_out,
         "a_star": _normal((r, n), n**-0.5, data_seed, f"a_star:{n}:{r}"),
         "b_star": _normal((n, r), r**-0.5, data_seed, f"b_star:{n}:{r}"),
         "x_train": _normal((task.n_train, d), 1.0, data_seed, f"x_train:{d}"),
         "x_test": _normal((task.n_test, d), 1.0, data_seed, f"x_test:{d}"),
     }
-    if task.with_w_star:
+    if task.teacher_readout == "independent":
+        w["w_out_teacher"] = _normal((task.d_out, n), n**-0.5, data_seed, f"w_out_teacher:{n}:{task.d_out}")
+    else:
+        w["w_out_teacher"] = w_out
+    if task.form == "hidden":
         w["w_star"] = _normal((n, n), n**-0.5, data_seed, f"w_star:{n}")
     return w
 
@@ -66,8 +78,9 @@ class FrozenParts:
     """Everything a pack needs that does not depend on the trained adapter (run dtype).
 
     Attributes:
-        h_train, h_test: ``φ(x W_inᵀ)``, (N, n) and (N_test, n).
-        g_train, g_test: ``H W*ᵀ`` (None without W*).
+        h_train, h_test: ``φ(x W_inᵀ)``, (N, n) and (N_test, n): the adapter's input.
+        g_train, g_test: the frozen part of the hidden pre-activation, ``H W*ᵀ`` (``hidden`` form)
+            or ``x W_inᵀ`` (``residual`` form).
         y_train, y_test: the teacher's outputs, (N, d_out) and (N_test, d_out).
         w_out: (d_out, n).
         w_star: (n, n), kept only when full finetuning needs it.
@@ -90,13 +103,12 @@ def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_s
     cast = {k: _moved(w.pop(k).to(dtype), device) for k in list(w)}
     parts: dict[str, torch.Tensor | None] = {}
     for split in ("train", "test"):
-        h = torch.relu(cast[f"x_{split}"] @ cast["w_in"].T)
-        g = h @ cast["w_star"].T if task.with_w_star else None
-        p_star = (h @ cast["a_star"].T) @ cast["b_star"].T
-        if g is not None:
-            p_star += g
+        z = cast[f"x_{split}"] @ cast["w_in"].T
+        h = torch.relu(z)
+        g = h @ cast["w_star"].T if task.form == "hidden" else z
+        p_star = (h @ cast["a_star"].T) @ cast["b_star"].T + g
         parts[f"h_{split}"], parts[f"g_{split}"] = h, g
-        parts[f"y_{split}"] = torch.relu(p_star) @ cast["w_out"].T
+        parts[f"y_{split}"] = torch.relu(p_star) @ cast["w_out_teacher"].T
     w_star = cast.get("w_star") if keep_w_star else None
     return FrozenParts(**parts, w_out=cast["w_out"].contiguous(), w_star=w_star)
 
@@ -112,10 +124,10 @@ def frozen_parts(config: SyntheticSpec, *, keep_w_star: bool = False,
     device = torch.device(device)
     key = (
         task.width, task.d_in, task.d_out, task.n_train, task.n_test, task.teacher_rank,
-        task.with_w_star, config.data_seed, config.train.dtype, str(device),
+        task.form, task.readout, task.teacher_readout, config.data_seed, config.train.dtype, str(device),
     )
     hit = _CACHE.get(key)
-    if hit is not None and (hit.w_star is not None or not keep_w_star or not task.with_w_star):
+    if hit is not None and (hit.w_star is not None or not keep_w_star or task.form != "hidden"):
         _CACHE.move_to_end(key)
         return hit
     _CACHE.pop(key, None)

@@ -2,7 +2,8 @@
 
 One *pack* shares the width, rank, data seed, dtype, step count and Adam's betas/ε/weight decay;
 each configuration has its own init, α rule, ``lr_a`` and ``lr_b = lr_ratio·lr_a`` and Adam state.
-For k live configurations a step is (H = φ(W_in x), G = H W*ᵀ precomputed; ``Bt`` = Bᵀ)::
+For k live configurations a step is (H = φ(W_in x) and G precomputed: G = H W*ᵀ in the ``hidden``
+form, G = W_in x in the ``residual`` form, :mod:`loradyn.synthetic.data`; ``Bt`` = Bᵀ)::
 
     Zᵀ  = A_cat · Hᵀ                    one GEMM for all configs (A_cat = the k A's stacked)
     P   = G + α Z · Bt ; R = relu(P)    baddbmm into a preallocated block, relu in place
@@ -311,7 +312,8 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec], *, s
 
 def train_full(frozen: FrozenParts, config: SyntheticSpec, *, steps_before: int = 0,
                steps_total: int | None = None) -> ChunkOutcome:
-    """Full finetuning of the hidden matrix (W* + ΔW, ΔW from 0) with Adam at ``optim.lr_a``."""
+    """Full finetuning of the adapted matrix with Adam at ``optim.lr_a``: P = G + H·ΔWᵀ with ΔW from 0
+    (W* + ΔW in the ``hidden`` form; a full-rank residual branch ``z + ΔW·φ(z)`` in the ``residual`` form)."""
     train = config.train
     h, g, y_star, w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
     n_train, n = h.shape

@@ -1,6 +1,14 @@
 """``SyntheticSpec``: one trial of the teacher–student LoRA model (arXiv 2406.08447; docs/theory.md §7).
 
-The model is ``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))`` with φ = ReLU. Every knob is a field
+Two model forms (``task.form``), φ = ReLU:
+
+* ``hidden`` (default): ``f(x) = W_out · φ((W* + α·B·A) · φ(W_in x))`` — LoRA on a frozen hidden matrix W*;
+* ``residual``: ``z = W_in·x``, ``h = z + α·B·A·φ(z)``, ``f(x) = W_out · φ(h)`` — LoRA as a residual
+  branch with no W* (a recollection of the papers' toy, not verified from their text).
+
+The readout W_out is N(0, 1/n) (``task.readout=sp``) or N(0, 1/n²) (``mup``); the teacher reads its
+hidden layer out with the student's W_out or with its own N(0, 1/n) readout
+(``task.teacher_readout``). Every knob is a field
 with a documented default; a trial is built with :func:`loradyn.serialize.spec_from_dict`, so unknown
 keys and ill-typed values are rejected with one line. Sections use the dotted names of sweeps and
 ``loradyn reproduce`` overrides: ``task.width``, ``lora.init``, ``optim.lr_a``, ``train.steps``...
@@ -47,14 +55,24 @@ class SyntheticTaskSpec:
         kind: always ``"synthetic"`` (the sweep engine dispatches on it).
         width: hidden width n; W* is n × n.
         d_in: input dimension d (x ~ N(0, I_d)); W_in ~ N(0, 1/d) is n × d.
-        d_out: output dimension; W_out ~ N(0, 1/n) is d_out × n.
+        d_out: output dimension; W_out is d_out × n.
         n_train: training points N (full batch).
         n_test: held-out points for ``test_loss``.
         teacher_rank: rank r* of the teacher's adapter B*·A* (B* ~ N(0, 1/r*), A* ~ N(0, 1/n)); it
             does not follow the student's rank, so a rank sweep keeps one target.
-        with_w_star: keep the frozen hidden matrix W* ~ N(0, 1/n) in teacher and student; ``False``
-            drops it (the LoRA+ toy ``W_out φ(α B A φ(W_in x))``).
+        with_w_star: must stay ``True``. ``False`` (``W_out φ(α B A φ(W_in x))``) is refused: at
+            B·A = 0 every hidden pre-activation is 0 and ReLU'(0) = 0, so no gradient ever reaches
+            the adapter; ``form="residual"`` is the form without W* that learns. The residual
+            form has no W* and ignores this field.
         data_seed: seed of the teacher and the data; ``None`` (default) uses the trial's ``seed``.
+        form: ``"hidden"`` or ``"residual"`` (the module docstring; docs/theory.md §7).
+        readout: ``"sp"``: W_out ~ N(0, 1/n) (standard parametrization); ``"mup"``: W_out ~ N(0, 1/n²)
+            (μP's output multiplier 1/n, arXiv 2203.03466). The same draw, rescaled.
+        teacher_readout: ``"shared"``: the teacher's output is W_out·φ(teacher hidden), the
+            student's own readout; ``"independent"``: the teacher has its own W_out* ~ N(0, 1/n)
+            (drawn apart from W_out, so targets are Θ(1) whatever ``readout`` is). With a shared
+            readout, rescaling W_out rescales the loss only (Adam's updates do not change while ε
+            stays negligible), so ``readout=mup`` matters only with an independent teacher.
     """
 
     kind: Literal["synthetic"] = "synthetic"
@@ -66,10 +84,18 @@ class SyntheticTaskSpec:
     teacher_rank: int = 4
     with_w_star: bool = True
     data_seed: int | None = None
+    form: Literal["hidden", "residual"] = late_field("hidden")
+    readout: Literal["sp", "mup"] = late_field("sp")
+    teacher_readout: Literal["shared", "independent"] = late_field("shared")
 
     def __post_init__(self) -> None:
         for name in ("width", "d_in", "d_out", "n_train", "n_test", "teacher_rank"):
             _positive_int(getattr(self, name), f"task.{name}")
+        if self.with_w_star is not True:
+            raise SpecError(
+                "task.with_w_star=false cannot learn (at B·A = 0 every hidden pre-activation is 0 and "
+                "ReLU'(0) = 0, so the adapter gets no gradient); use task.form=residual, the form without W*"
+            )
 
 
 @dataclass(frozen=True)

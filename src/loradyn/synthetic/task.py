@@ -65,8 +65,8 @@ def _key(config: SyntheticSpec) -> tuple:
     t, lo, o = config.task, config.lora, config.optim
     lora_key = ("full",) if lo.method == "full" else ("lora", lo.rank)
     return (
-        "synthetic", t.width, t.d_in, t.d_out, t.n_train, t.n_test, t.teacher_rank, t.with_w_star,
-        config.data_seed, lora_key, config.train, o.name, tuple(o.betas), o.eps, o.weight_decay,
+        "synthetic", t.width, t.d_in, t.d_out, t.n_train, t.n_test, t.teacher_rank, t.form, t.readout,
+        t.teacher_readout, config.data_seed, lora_key, config.train, o.name, tuple(o.betas), o.eps, o.weight_decay,
     )
 
 
