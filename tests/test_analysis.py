@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,94 @@ def test_max_mode_failures_are_worst_and_ties_use_the_tiebreak():
 def test_bad_mode_is_one_line():
     with pytest.raises(LoradynError, match="mode must be 'min' or 'max'"):
         optimal_lr(bowl(-7, [0.01, 0.02]), lr="lr_a", mode="best")
+
+
+# --- the quadratic over the near-optimal band ----------------------------------------------------
+
+def naive_band_optimum(xs, ys, band):
+    """Reference written out: the contiguous band around the argmin, the least-squares quadratic by
+    its 3x3 normal equations solved by Cramer's rule in exact rational arithmetic on the float64
+    inputs, the vertex clipped to the band."""
+    i = min(range(len(ys)), key=lambda k: ys[k])
+    lo = hi = i
+    while lo > 0 and ys[lo - 1] <= ys[i] + band:
+        lo -= 1
+    while hi < len(ys) - 1 and ys[hi + 1] <= ys[i] + band:
+        hi += 1
+    px, py = [Fraction(x) for x in xs[lo:hi + 1]], [Fraction(y) for y in ys[lo:hi + 1]]
+    s = [sum(x**k for x in px) for k in range(5)]
+    t = [sum(y * x**k for x, y in zip(px, py)) for k in range(3)]
+    m = [[s[4], s[3], s[2]], [s[3], s[2], s[1]], [s[2], s[1], s[0]]]
+
+    def det(a):
+        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+
+    d = det(m)
+    coef = []
+    for col in range(3):
+        mc = [row[:] for row in m]
+        for r in range(3):
+            mc[r][col] = t[2 - r]
+        coef.append(det(mc) / d)
+    a, b = coef[0], coef[1]
+    return float(min(max(-b / (2 * a), px[0]), px[-1])), hi - lo + 1
+
+
+def test_band_fit_recovers_a_noise_free_quadratic_exactly():
+    lrs = [2.0**e for e in np.arange(-12, -2.9, 0.5)]
+    opt = optimal_lr(bowl(-7.3, lrs, curvature=0.02), lr="lr_a").iloc[0]
+    assert opt["fit"] == "band" and opt["edge"] == "" and opt["refined"]
+    assert opt["log2_lr_opt"] == pytest.approx(-7.3, abs=1e-9)
+    # |log2 lr + 7.3| <= sqrt(0.1 / 0.02): the grid points -9.5 ... -5.5
+    assert opt["n_band"] == 9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_band_fit_matches_the_naive_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    xs = [float(e) for e in np.arange(-12, -2.9, 0.5)]
+    ys = [0.03 * (x + 7.6) ** 2 + 0.04 * rng.standard_normal() - 2.0 for x in xs]
+    df = pd.DataFrame({"lr_a": [2.0**x for x in xs], "final_train_loss": [10.0**y for y in ys], "status": "done"})
+    opt = optimal_lr(df, lr="lr_a", band=0.15).iloc[0]
+    vertex, n_band = naive_band_optimum(xs, ys, 0.15)
+    assert opt["fit"] == "band" and opt["n_band"] == n_band >= 3
+    assert opt["log2_lr_opt"] == pytest.approx(vertex, abs=1e-10)  # float64 least squares on centred x
+    assert opt["lr_opt"] == pytest.approx(2.0**vertex, rel=1e-9)
+
+
+def test_a_vertex_clipped_at_the_grid_end_is_flagged():
+    xs = [-10.0, -9.0, -8.0, -7.0, -6.0, -5.0]
+    ys = [0.0001, 0.0, 0.03, 0.06, 0.09, 1.2]  # interior argmin, but the band's quadratic has its vertex below -10
+    df = pd.DataFrame({"lr_a": [2.0**x for x in xs], "final_train_loss": [10.0**y for y in ys], "status": "done"})
+    vertex, n_band = naive_band_optimum(xs, ys, 0.1)
+    assert vertex == -10.0 and n_band == 5  # the reference says: clipped to the low end
+    opt = optimal_lr(df, lr="lr_a").iloc[0]
+    assert (opt["fit"], opt["edge"], opt["log2_lr_opt"], opt["lr_grid_opt"]) == ("band", "low", -10.0, 2.0**-9)
+    assert opt["fit_note"] == "vertex clipped to the band"
+    # an argmin on the grid's end is flagged and not fitted at all
+    high = optimal_lr(bowl(-3, [2.0**e for e in range(-10, -5)], curvature=0.02), lr="lr_a").iloc[0]
+    assert (high["edge"], high["fit"], high["lr_opt"]) == ("high", "grid", 2.0**-6)
+
+
+def test_a_band_of_fewer_than_three_lrs_falls_back_to_the_parabola_and_says_why():
+    lrs = [2.0**e for e in range(-12, -3)]
+    df = bowl(-7.3, lrs, curvature=0.5)  # steep: only -7 lies within 0.1 decades of the best
+    opt = optimal_lr(df, lr="lr_a").iloc[0]
+    assert (opt["fit"], opt["n_band"]) == ("parabola", 1) and "band of 1 lr" in opt["fit_note"]
+    assert opt["log2_lr_opt"] == pytest.approx(-7.3, abs=1e-9)  # the bowl is an exact parabola
+    legacy = optimal_lr(df, lr="lr_a", refine="parabola").iloc[0]
+    assert legacy["fit"] == "parabola" and legacy["log2_lr_opt"] == pytest.approx(-7.3, abs=1e-9)
+    grid = optimal_lr(df, lr="lr_a", refine=False).iloc[0]
+    assert (grid["fit"], grid["lr_opt"], grid["refined"]) == ("grid", 2.0**-7, False)
+    with pytest.raises(LoradynError, match="refine must be"):
+        optimal_lr(df, lr="lr_a", refine="cubic")
+
+
+def test_a_band_that_is_not_convex_falls_back():
+    xs = [-10.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0]
+    ys = [1.0, 0.0, 0.08, 0.09, 0.08, 0.0001, 1.0]  # a hump inside the band: its least-squares quadratic is concave
+    df = pd.DataFrame({"lr_a": [2.0**x for x in xs], "final_train_loss": [10.0**y for y in ys], "status": "done"})
+    opt = optimal_lr(df, lr="lr_a").iloc[0]
+    assert opt["fit"] == "parabola" and "not convex" in opt["fit_note"] and opt["n_band"] == 5
+    assert -10.0 < opt["log2_lr_opt"] < -8.0 and opt["lr_grid_opt"] == 2.0**-9

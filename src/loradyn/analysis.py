@@ -9,8 +9,13 @@ Conventions (docs/theory.md §8):
   setting is optimal only if every seed of it worked.
 * The optimal learning rate of a group is the grid point with the best seed mean (ties go to the
   lower seed-mean ``tiebreak`` metric, else to the smaller learning rate). With ``refine``, it is
-  refined by the vertex of the parabola through the optimum and its two neighbours in (log2 lr,
-  log10 metric) coordinates (a loss: lower is better) or (log2 lr, metric).
+  refined by a least-squares quadratic in (log2 lr, log10 metric) coordinates (lower is better; a
+  metric that is not a positive loss uses the signed metric) over the *near-optimal band*: the
+  contiguous run of grid points around the best whose seed mean is within ``band`` decades of it
+  (default :data:`BAND`, ×1.26), at least :data:`FIT_MIN_LRS` learning rates. The fit's vertex is
+  clipped to the band; clipped at the grid's end it is flagged like a grid-edge optimum. A band of
+  fewer learning rates falls back to the parabola through the best point and its two neighbours,
+  a fit that is not convex to the grid point; ``fit`` and ``fit_note`` say which and why.
 * ``edge`` says why an optimum may not be trusted: ``"low"`` / ``"high"`` (it is the grid's
   smallest / largest learning rate, so the true optimum may lie outside), ``"unstable"`` (a
   neighbour failed or diverged: bracketed, not refined), ``"none"`` (every learning rate failed),
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,7 +34,10 @@ import pandas as pd
 
 from .errors import LoradynError
 
-__all__ = ["best_pair", "fit_log2_slope", "optimal_lr", "parabola_vertex", "seed_stats", "worst_value"]
+__all__ = [
+    "BAND", "CurveOptimum", "best_pair", "curve_optimum", "fit_log2_slope", "metric_curve", "optimal_lr",
+    "parabola_vertex", "quadratic_fit", "seed_stats", "worst_value",
+]
 
 Mode = Literal["min", "max"]
 
@@ -109,8 +118,100 @@ def parabola_vertex(x: Sequence[float], y: Sequence[float]) -> float | None:
     return min(max(-b / (2 * a), x0), x2)
 
 
-OPTIMUM_COLUMNS = ["lr_opt", "log2_lr_opt", "lr_grid_opt", "metric_opt", "metric_opt_std", "refined", "edge",
-                   "n_lr", "n_seeds"]
+#: the near-optimal band of the quadratic fit: seed means within this many decades of the best (×1.26)
+BAND = 0.1
+#: the fewest distinct learning rates the band fit uses; fewer fall back to the 3-point parabola
+FIT_MIN_LRS = 3
+
+
+def quadratic_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares ``(a, b, c)`` of ``y ≈ a·x² + b·x + c`` (x centred for conditioning)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m = x.mean()
+    a, b, c = np.polyfit(x - m, y, 2)
+    return float(a), float(b - 2 * a * m), float(c - b * m + a * m * m)
+
+
+@dataclass(frozen=True)
+class CurveOptimum:
+    """The optimum of one curve (:func:`curve_optimum`): grid ``index`` (-1: every point failed),
+    ``x`` (log2 lr of the optimum), ``edge``, ``fit`` (``band``, ``parabola`` or ``grid``),
+    ``n_band`` (learning rates in the near-optimal band) and ``note`` (why not the band fit)."""
+
+    index: int
+    x: float
+    edge: str
+    fit: str
+    n_band: int
+    note: str = ""
+
+
+def curve_optimum(x: Sequence[float], curve: Sequence[float], *, index: int | None = None,
+                  refine: bool | str = True, band: float = BAND) -> CurveOptimum:
+    """The optimum of a curve sampled on a grid, lower is better.
+
+    Args:
+        x: the grid (log2 lr), increasing.
+        curve: the value at each grid point (log10 loss, or a signed metric); not finite = failed.
+        index: the best grid point when the caller decided a tie (default: the first minimum).
+        refine: ``True``/``"band"`` (quadratic over the near-optimal band), ``"parabola"`` (the
+            3-point parabola), ``False`` (the grid point).
+        band: the band's width in ``curve`` units above the best value.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    c = np.asarray(curve, dtype=np.float64)
+    finite = np.isfinite(c)
+    if not finite.any():
+        return CurveOptimum(-1, math.nan, "none", "grid", 0, "every learning rate failed")
+    i = int(np.argmin(np.where(finite, c, np.inf))) if index is None else int(index)
+    last = len(x) - 1
+    edge = "low" if i == 0 else "high" if i == last else ""
+    if not edge and not (finite[i - 1] and finite[i + 1]):
+        edge = "unstable"
+    if edge or not refine:
+        return CurveOptimum(i, float(x[i]), edge, "grid", 1, f"optimum {edge}" if edge else "not refined")
+    lo = hi = i
+    while lo > 0 and finite[lo - 1] and c[lo - 1] <= c[i] + band:
+        lo -= 1
+    while hi < last and finite[hi + 1] and c[hi + 1] <= c[i] + band:
+        hi += 1
+    n_band = hi - lo + 1
+    note = ""
+    if refine != "parabola" and n_band >= FIT_MIN_LRS:
+        a, b, _ = quadratic_fit(x[lo : hi + 1], c[lo : hi + 1])
+        if a > 0:
+            v = min(max(-b / (2 * a), float(x[lo])), float(x[hi]))
+            edge = "low" if v <= x[0] else "high" if v >= x[last] else ""
+            clipped = v in (float(x[lo]), float(x[hi]))
+            return CurveOptimum(i, v, edge, "band", n_band, "vertex clipped to the band" if clipped else "")
+        note = f"the quadratic over the {n_band}-lr band is not convex"
+    elif refine != "parabola":
+        note = f"band of {n_band} lr{'s' if n_band > 1 else ''} (< {FIT_MIN_LRS})"
+    v = parabola_vertex(x[i - 1 : i + 2], c[i - 1 : i + 2])
+    if v is None:
+        return CurveOptimum(i, float(x[i]), "", "grid", n_band, (note + "; " if note else "") + "parabola not convex")
+    return CurveOptimum(i, float(v), "", "parabola", n_band, note)
+
+
+def metric_curve(y: np.ndarray, mode: Mode, band: float = BAND) -> tuple[np.ndarray, float]:
+    """A group's seed means as the curve :func:`curve_optimum` minimises, and the band in its units.
+
+    A positive loss (``min``) becomes log10 (``band`` decades); anything else the signed metric,
+    with the band the same relative distance from the best (``(10**band - 1)·|best|``).
+    """
+    finite = np.isfinite(y)
+    if mode == "min" and finite.any() and (y[finite] > 0).all():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(finite, np.log10(np.where(finite, y, 1.0)), np.inf), band
+    sign = 1.0 if mode == "min" else -1.0
+    c = np.where(finite, sign * y, np.inf)
+    best = float(c[finite].min()) if finite.any() else 0.0
+    return c, (10.0**band - 1.0) * abs(best)
+
+
+OPTIMUM_COLUMNS = ["lr_opt", "log2_lr_opt", "lr_grid_opt", "metric_opt", "metric_opt_std", "refined", "fit",
+                   "n_band", "fit_note", "edge", "n_lr", "n_seeds"]
 
 
 def optimal_lr(
@@ -120,7 +221,8 @@ def optimal_lr(
     lr: str = "optim.lr_a",
     metric: str = "final_train_loss",
     mode: Mode = "min",
-    refine: bool = True,
+    refine: bool | str = True,
+    band: float = BAND,
     tiebreak: str | None = None,
     status: str | None = "status",
 ) -> pd.DataFrame:
@@ -131,20 +233,23 @@ def optimal_lr(
         by: grouping columns (e.g. ``["lora.init", "task.width"]``).
         lr: the learning-rate column.
         metric: the metric column; ``mode`` says whether lower (``min``) or higher (``max``) is better.
-        refine: refine the grid optimum by the parabola through it and its neighbours.
+        refine: ``True`` or ``"band"``: the quadratic over the near-optimal band (module docstring);
+            ``"parabola"``: the parabola through the grid optimum and its neighbours; ``False``: none.
+        band: the near-optimal band in decades of the metric (:data:`BAND`).
         tiebreak: a metric whose lower seed mean decides between equally good grid points.
         status: the trial-status column (trials not ``done`` count as the worst value), or None.
 
     Returns:
         One row per group: ``by..., lr_opt, log2_lr_opt, lr_grid_opt, metric_opt`` (the best seed
-        mean), ``metric_opt_std`` (its seed std), ``refined``, ``edge`` (see the module docstring),
-        ``n_lr``, ``n_seeds``.
+        mean), ``metric_opt_std`` (its seed std), ``refined``, ``fit`` (``band``, ``parabola`` or
+        ``grid``), ``n_band``, ``fit_note``, ``edge`` (see the module docstring), ``n_lr``, ``n_seeds``.
     """
     _check_mode(mode)
+    if refine not in (True, False, "band", "parabola"):
+        raise LoradynError(f"refine must be True, False, 'band' or 'parabola', got {refine!r}")
     by = _as_list(by)
     stats = seed_stats(df, [*by, lr], metric=metric, mode=mode, status=status)
     ties = seed_stats(df, [*by, lr], metric=tiebreak, mode="min", status=status) if tiebreak else None
-    sign = 1.0 if mode == "min" else -1.0
     rows = []
     groups = stats.groupby(by, sort=True, dropna=False) if by else [((), stats)]
     for key, g in groups:
@@ -154,37 +259,21 @@ def optimal_lr(
         y = g["mean"].to_numpy(dtype=float)
         row = dict(zip(by, key))
         row.update(n_lr=len(g), n_seeds=int(g["n_seeds"].max()))
-        finite = np.isfinite(y)
-        if not finite.any():
-            row.update(lr_opt=math.nan, log2_lr_opt=math.nan, lr_grid_opt=math.nan, metric_opt=worst_value(mode),
-                       metric_opt_std=math.nan, refined=False, edge="none")
-            rows.append(row)
-            continue
-        score = np.where(finite, sign * y, np.inf)
-        best = np.flatnonzero(score == score.min())
+        curve, width = metric_curve(y, mode, band)
+        best = np.flatnonzero(curve == curve.min()) if np.isfinite(curve).any() else np.array([0])
         if ties is not None and len(best) > 1:
             t = ties.merge(g[[*by, lr]], on=[*by, lr]).sort_values(lr)["mean"].to_numpy(dtype=float)
             best = best[[int(np.argmin(t[best]))]]
-        i = int(best[0])
-        edge = ""
-        if i == 0:
-            edge = "low"
-        elif i == len(x) - 1:
-            edge = "high"
-        elif not (finite[i - 1] and finite[i + 1]):
-            edge = "unstable"
-        grid_lr = float(g[lr].iloc[i])
-        lr_opt, x_opt, refined = grid_lr, x[i], False
-        if refine and not edge:
-            near = y[i - 1 : i + 2]
-            curve = np.log10(near) if mode == "min" and (near > 0).all() else sign * near
-            v = parabola_vertex(x[i - 1 : i + 2], curve)
-            if v is not None:
-                lr_opt, x_opt, refined = float(2.0**v), v, True
-        row.update(
-            lr_opt=lr_opt, log2_lr_opt=float(x_opt), lr_grid_opt=grid_lr,
-            metric_opt=float(y[i]), metric_opt_std=float(g["std"].iloc[i]), refined=refined, edge=edge,
-        )
+        o = curve_optimum(x, curve, index=int(best[0]), refine=refine, band=width)
+        if o.index < 0:
+            row.update(lr_opt=math.nan, log2_lr_opt=math.nan, lr_grid_opt=math.nan, metric_opt=worst_value(mode),
+                       metric_opt_std=math.nan, refined=False, fit="grid", n_band=0, fit_note=o.note, edge="none")
+        else:
+            row.update(
+                lr_opt=float(2.0**o.x), log2_lr_opt=o.x, lr_grid_opt=float(g[lr].iloc[o.index]),
+                metric_opt=float(y[o.index]), metric_opt_std=float(g["std"].iloc[o.index]),
+                refined=o.fit != "grid", fit=o.fit, n_band=o.n_band, fit_note=o.note, edge=o.edge,
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=[*by, *OPTIMUM_COLUMNS])
 

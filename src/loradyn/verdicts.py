@@ -13,6 +13,7 @@ __all__ = [
     "VERDICT_STATUSES",
     "Verdict",
     "edge_reason",
+    "fmt_ci",
     "noise_reason",
     "seeds_reason",
     "spread",
@@ -34,6 +35,7 @@ class Verdict:
     measured: str
     status: str
     reason: str = ""
+    ci: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in VERDICT_STATUSES:
@@ -43,11 +45,50 @@ class Verdict:
     def check(cls, claim: str, expected: str, measured: str, holds: bool,
               undecided: str | Sequence[str | None] | None = None) -> Verdict:
         """``holds``/``fails`` by ``holds``, unless one of the ``undecided`` reasons applies."""
-        reasons = [undecided] if isinstance(undecided, str) else list(undecided or [])
-        reasons = [r for r in reasons if r]
+        reasons = _reasons(undecided)
         if reasons:
             return cls(claim, expected, measured, "undecided", "; ".join(dict.fromkeys(reasons)))
         return cls(claim, expected, measured, "holds" if holds else "fails")
+
+    @classmethod
+    def estimate(cls, claim: str, predicted: float, tol: float, estimate: float, ci: tuple[float, float],
+                 undecided: str | Sequence[str | None] | None = None, *, unit: str = "") -> Verdict:
+        """A predicted value (an exponent) against the estimate and its CI: ``holds`` when the
+        prediction lies inside the CI and the CI's half-width is within ``tol``; ``fails`` when it
+        lies outside the CI; ``undecided`` when the CI is wider (or undefined), or for one of the
+        ``undecided`` reasons (docs/theory.md §8)."""
+        reasons = _reasons(undecided)
+        lo, hi = map(float, ci)
+        expected, measured = f"{predicted:+.2f} ± {tol:g}{unit}", f"{estimate:+.2f}{unit}"
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            reasons.append("no bootstrap CI (the statistic is undefined in too many resamples)")
+        elif not reasons and not lo <= predicted <= hi:
+            return cls(claim, expected, measured, "fails", "", (lo, hi))
+        elif (hi - lo) / 2 > tol * (1 + 1e-9):
+            reasons.append(f"CI {fmt_ci((lo, hi))} (±{(hi - lo) / 2:.2f}) wider than the tolerance ±{tol:g}")
+        if reasons:
+            return cls(claim, expected, measured, "undecided", "; ".join(dict.fromkeys(reasons)), (lo, hi))
+        return cls(claim, expected, measured, "holds", "", (lo, hi))
+
+    @classmethod
+    def bounded(cls, claim: str, expected: str, measured: str, bounds: tuple[float, float],
+                ci: tuple[float, float], undecided: str | Sequence[str | None] | None = None) -> Verdict:
+        """A claim that a statistic lies in the open interval ``bounds`` (a side may be ±inf):
+        ``holds`` when its CI lies inside, ``fails`` when the CI lies wholly outside, ``undecided``
+        when the CI straddles a bound (or is undefined), or for one of the ``undecided`` reasons."""
+        reasons = _reasons(undecided)
+        a, b = map(float, bounds)
+        lo, hi = map(float, ci)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            reasons.append("no bootstrap CI (the statistic is undefined in too many resamples)")
+        elif not reasons and (hi <= a or lo >= b):
+            return cls(claim, expected, measured, "fails", "", (lo, hi))
+        elif not (a < lo and hi < b):
+            bound = a if lo <= a else b
+            reasons.append(f"CI {fmt_ci((lo, hi))} reaches the bound {bound:+.2f}")
+        if reasons:
+            return cls(claim, expected, measured, "undecided", "; ".join(dict.fromkeys(reasons)), (lo, hi))
+        return cls(claim, expected, measured, "holds", "", (lo, hi))
 
     @property
     def holds(self) -> bool | None:
@@ -56,7 +97,21 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim, "expected": self.expected, "measured": self.measured,
-                "status": self.status, "holds": self.holds, "reason": self.reason}
+                "status": self.status, "holds": self.holds, "reason": self.reason,
+                "ci": None if self.ci is None else [float(self.ci[0]), float(self.ci[1])]}
+
+
+def _reasons(undecided: str | Sequence[str | None] | None) -> list[str]:
+    reasons = [undecided] if isinstance(undecided, str) else list(undecided or [])
+    return [r for r in reasons if r]
+
+
+def fmt_ci(ci: Sequence[float] | None) -> str:
+    """A CI as ``[lo, hi]`` (empty when there is none)."""
+    if ci is None or len(ci) != 2 or ci[0] is None or ci[1] is None:
+        return ""
+    lo, hi = float(ci[0]), float(ci[1])
+    return "[n/a]" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:+.2f}, {hi:+.2f}]"
 
 
 def edge_reason(rows: Sequence[Mapping[str, Any]], label: Callable[[Mapping[str, Any]], str]) -> str | None:
@@ -92,15 +147,17 @@ def verdict_counts(verdicts: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table of verdicts; long cells wrap at word boundaries (never cut)."""
+    """A plain-text table of verdicts (with the 95 % CI of the measured statistic where it has one);
+    long cells wrap at word boundaries (never cut)."""
     import textwrap
 
-    head = ("verdict", "claim", "expected", "measured", "reason")
-    widths = (9, 56, 28, 40, 40)
-    rows = [head] + [(v["status"], v["claim"], v["expected"], v["measured"], v.get("reason", "")) for v in verdicts]
-    if not any(r[4] for r in rows[1:]):
-        rows, widths = [r[:4] for r in rows], widths[:4]
-    widths = [min(w, max(len(str(r[i])) for r in rows)) for i, w in enumerate(widths)]
+    head = ("verdict", "claim", "expected", "measured", "95% CI", "reason")
+    widths = [9, 56, 22, 32, 16, 36]
+    rows = [head] + [(v["status"], v["claim"], v["expected"], v["measured"], fmt_ci(v.get("ci")),
+                      v.get("reason", "")) for v in verdicts]
+    keep = [i for i in range(len(head)) if i not in (4, 5) or any(r[i] for r in rows[1:])]
+    rows = [tuple(r[i] for i in keep) for r in rows]
+    widths = [min(widths[i], max(len(str(r[k])) for r in rows)) for k, i in enumerate(keep)]
     lines = []
     for j, row in enumerate(rows):
         cells = [textwrap.wrap(str(c), w, break_on_hyphens=False) or [""] for c, w in zip(row, widths)]

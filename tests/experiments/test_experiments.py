@@ -34,7 +34,7 @@ def check_outputs(out, experiment):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"], "every experiment states verdicts"
     for v in summary["verdicts"]:
-        assert set(v) == {"claim", "expected", "measured", "status", "holds", "reason"}
+        assert set(v) == {"claim", "expected", "measured", "status", "holds", "reason", "ci"}
         assert v["holds"] == {"holds": True, "fails": False, "undecided": None}[v["status"]]
         assert bool(v["reason"]) == (v["status"] == "undecided")  # an undecided verdict says why
     assert summary["figures"] and all((out / f).exists() for f in summary["figures"])
