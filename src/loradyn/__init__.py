@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "save_adapter": "loradyn.adapter_io",
     "suggest_lr": "loradyn.scaling",
     "suggest_lr_ratio": "loradyn.scaling",
+    "tune": "loradyn.tuning",
     "unmerge": "loradyn.inject",
 }
 

@@ -1,6 +1,6 @@
 """The ``loradyn`` command line: each verb is one call into the public API.
 
-Verbs: ``sweep``, ``reproduce``, ``results``, ``report``, ``validate``, ``suggest-lr``, ``demo``.
+Verbs: ``sweep``, ``reproduce``, ``results``, ``report``, ``validate``, ``suggest-lr``, ``tune``, ``demo``.
 Exit codes: 0 success; 1 a run failed (a trial ``failed``) or a verdict did not hold; 2 bad input
 (a :class:`~loradyn.errors.LoradynError`, an unreadable file or a usage error), always reported
 as ONE line ``loradyn: error: ...`` on stderr, never a traceback; 130 interrupted.
@@ -115,6 +115,10 @@ def _build_parser(list_experiments: bool = False) -> argparse.ArgumentParser:
                    help="how the multiplier moves with the rank: 1/r (fixed lora_alpha, PEFT's default; alias "
                         "alpha/r), 1/sqrt(r) (rsLoRA; alias rslora) or 1 (lora_alpha proportional to r)")
     p.add_argument("--lr-ratio", type=float, default=None, help="also transfer a LoRA+ ratio lr_b/lr_a")
+
+    from .tuning.cli import add_parser as add_tune_parser
+
+    add_tune_parser(sub)  # loradyn tune: its options live with it (loradyn.tuning.cli)
 
     p = sub.add_parser("demo", help="reproduce all --quick, then write the report")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
@@ -289,6 +293,12 @@ def _cmd_suggest_lr(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning.cli import run
+
+    return run(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -309,6 +319,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "validate": _cmd_validate,
     "suggest-lr": _cmd_suggest_lr,
+    "tune": _cmd_tune,
     "demo": _cmd_demo,
 }
 

@@ -1,0 +1,100 @@
+"""loradyn.tuning.search: Optuna's sampler and successive-halving pruner on top of the sweep store."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loradyn.errors import LoradynError
+from loradyn.sweep import run_sweep
+from loradyn.tuning.plan import make_plan
+from loradyn.tuning.search import search_proxy
+
+optuna = pytest.importorskip("optuna")
+
+
+def spec(lo=-12, hi=-2, steps=24, **grid):
+    return {"name": "syn", "base": {"task": {"kind": "synthetic", "width": 32, "n_train": 48, "n_test": 8},
+                                    "lora": {"rank": 8, "init": "A", "alpha_rule": "1"},
+                                    "optim": {"lr_a": 1e-3}, "train": {"steps": steps}},
+            "grid": {"optim.lr_a": {"log2": [lo, hi, 1]}, **grid}, "seeds": [0]}
+
+
+def run(spec_dict, out):
+    return run_sweep(spec_dict, out, executor="serial", quiet=True, max_trials=None)
+
+
+def test_pruning_trains_fewer_points_at_full_steps_and_brackets_the_best(tmp_path):
+    plan = make_plan(spec(), proxy=["lora.rank=2"])
+    found = search_proxy(plan, tmp_path, run, prune=True, eta=3)
+    table = found.table
+    rung = table[table["stage"] == "rung0"]
+    full = table[table["stage"] != "rung0"]
+    assert len(rung) == plan.n_points == 11 and set(rung["train.steps"]) == {8}
+    assert found.pruned > 0 and found.asked == 11
+    assert set(full["train.steps"]) == {24} and len(full) < len(rung)
+    best = found.best["lr_grid_opt"]
+    grid = sorted(plan.lrs)
+    i = grid.index(best)
+    measured = set(full["optim.lr_a"])
+    assert all(grid[j] in measured for j in (i - 1, i + 1) if 0 <= j < len(grid))  # bracketed by measured points
+    # a diverged rung-0 point reports NaN, which the pruner always prunes
+    diverged = set(rung.loc[rung["status"] != "done", "optim.lr_a"])
+    assert not diverged & set(full["optim.lr_a"])
+
+
+def test_without_pruning_every_point_trains_full_steps_and_the_optimum_matches(tmp_path):
+    plan = make_plan(spec(), proxy=["lora.rank=2"])
+    plain = search_proxy(plan, tmp_path / "plain", run, prune=False)
+    assert set(plain.table["stage"]) == {"proxy"} and plain.pruned == 0 and len(plain.table) == 11
+    pruned = search_proxy(plan, tmp_path / "pruned", run, prune=True)
+    assert pruned.best["lr_grid_opt"] == plain.best["lr_grid_opt"]
+    assert pruned.best["lr_opt"] == pytest.approx(plain.best["lr_opt"], rel=1e-9)
+
+
+def test_an_optimum_at_the_grid_edge_is_extended(tmp_path):
+    plan = make_plan(spec(lo=-14, hi=-10), proxy=["lora.rank=2"])  # every lr too small
+    found = search_proxy(plan, tmp_path, run, prune=False)
+    extended = found.table[found.table["stage"] == "extend"]
+    assert len(extended) in (2, 4) and min(extended["optim.lr_a"]) > max(plan.lrs)
+    assert found.best["lr_grid_opt"] > max(plan.lrs)
+
+
+def test_every_proxy_trial_diverged_is_one_line_with_a_lower_grid(tmp_path):
+    plan = make_plan(spec(lo=2, hi=6), proxy=["lora.rank=2"])
+    with pytest.raises(LoradynError, match=r"every proxy trial diverged \(optim.lr_a 2\^2 ... 2\^6\): lower the grid, "
+                                           r"e.g. --proxy 'optim.lr_a=\{log2: \[-3, 1, 1\]\}'") as err:
+        search_proxy(plan, tmp_path, run, prune=True)
+    assert "\n" not in str(err.value)
+
+
+def test_tpe_asks_the_number_of_trials_it_is_given(tmp_path):
+    plan = make_plan(spec(**{"lora.init": ["A", "B"]}), proxy=["lora.rank=2"])
+    found = search_proxy(plan, tmp_path, run, sampler="tpe", n_trials=6, prune=False)
+    assert found.asked == 6 and 1 <= len(found.table[found.table["stage"] == "proxy"]) <= 6
+    assert math.isfinite(found.best["metric_opt"])
+
+
+def test_a_rerun_asks_the_same_points_and_trains_nothing_new(tmp_path):
+    plan = make_plan(spec(), proxy=["lora.rank=2"])
+    first = search_proxy(plan, tmp_path, run, prune=True)
+    calls = []
+
+    def counting(spec_dict, out):
+        df = run(spec_dict, out)
+        calls.append(df)
+        return df
+
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "sweep.db") as db:
+        before = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    second = search_proxy(plan, tmp_path, counting, prune=True)
+    with sqlite3.connect(tmp_path / "sweep.db") as db:
+        after = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert after == before  # no sweep started a run: every trial was found finished
+    assert {k: second.best[k] for k in ("lr_opt", "metric_opt", "edge")} == \
+        {k: first.best[k] for k in ("lr_opt", "metric_opt", "edge")}
+    assert second.pruned == first.pruned and calls
+    assert list(second.table["trial_id"]) == list(first.table["trial_id"])
