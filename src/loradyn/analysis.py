@@ -125,12 +125,21 @@ FIT_MIN_LRS = 3
 
 
 def quadratic_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
-    """Least-squares ``(a, b, c)`` of ``y ≈ a·x² + b·x + c`` (x centred for conditioning)."""
+    """Least-squares ``(a, b, c)`` of ``y ≈ a·x² + b·x + c``: the normal equations in x centred on
+    its mean (for conditioning), solved in float64; NaNs for fewer than 3 distinct x."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    m = x.mean()
-    a, b, c = np.polyfit(x - m, y, 2)
-    return float(a), float(b - 2 * a * m), float(c - b * m + a * m * m)
+    m = float(x.mean())
+    u = x - m
+    u2 = u * u
+    s0, s1, s2, s3, s4 = float(len(u)), float(u.sum()), float(u2.sum()), float((u2 * u).sum()), float((u2 * u2).sum())
+    t0, t1, t2 = float(y.sum()), float((u * y).sum()), float((u2 * y).sum())
+    try:
+        a, b, c = np.linalg.solve([[s4, s3, s2], [s3, s2, s1], [s2, s1, s0]], [t2, t1, t0])
+    except np.linalg.LinAlgError:
+        return math.nan, math.nan, math.nan
+    a, b, c = float(a), float(b), float(c)
+    return a, b - 2 * a * m, c - b * m + a * m * m
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = [
     "LEVEL",
     "MIN_SEEDS",
     "N_RESAMPLES",
+    "OptimaBootstrap",
     "SeedCurves",
     "column_cis",
     "edge_share_reason",
@@ -204,12 +205,12 @@ class SeedCurves:
         counts = np.ones((1, self.n_seeds)) if counts is None else np.atleast_2d(counts)
         out = np.full((len(counts), len(self.keys)), np.nan)
         edge = np.zeros(out.shape, dtype=bool)
+        worst = np.inf if self.mode == "min" else -np.inf
         for j, (x, v) in enumerate(zip(self.x, self.values)):
             means = resampled_means(v, counts)
+            means = np.where(np.isnan(means), worst, means)
             for r in range(len(counts)):
-                y = means[r]
-                y = np.where(np.isnan(y), np.inf if self.mode == "min" else -np.inf, y)
-                curve, width = metric_curve(y, self.mode, band)
+                curve, width = metric_curve(means[r], self.mode, band)
                 o = curve_optimum(x, curve, refine=refine, band=width)
                 out[r, j] = o.x
                 edge[r, j] = o.edge in ("low", "high", "none")
@@ -242,3 +243,47 @@ def edge_share_reason(edge: np.ndarray, labels: Sequence[str], level: float = LE
     share = np.asarray(edge, dtype=float).mean(axis=0)
     bad = [f"{label} {100 * s:.0f} %" for label, s in zip(labels, share) if s > (1.0 - level) / 2]
     return f"optimum on a grid edge in a share of the bootstrap resamples: {', '.join(bad)}" if bad else None
+
+
+class OptimaBootstrap:
+    """The seed-bootstrap replicates of a table's optimal learning rates per group, with what the
+    experiments' verdicts need: the CI of any statistic of them (expanded for the table's number of
+    seeds), the columns of groups, the edge-share reason, the CI columns of an optima table.
+
+    Attributes:
+        curves: the :class:`SeedCurves`; ``counts``: the resample draw (share it with another
+            table of the same seeds to resample both jointly); ``reps``, ``edge``: ``(R, G)`` log2
+            optima and edge flags; ``few``: the too-few-seeds reason (or None).
+    """
+
+    def __init__(self, results: pd.DataFrame, by: str | Sequence[str] | None = None, *, lr: str = "optim.lr_a",
+                 metric: str = "final_train_loss", mode: Mode = "min", n_resamples: int = N_RESAMPLES,
+                 seed: int = 0, counts: np.ndarray | None = None) -> None:
+        self.curves = SeedCurves.from_table(results, by, lr=lr, metric=metric, mode=mode)
+        n = self.curves.n_seeds
+        if counts is not None and np.shape(counts)[1] != n:
+            raise LoradynError(f"shared resample counts are for {np.shape(counts)[1]} seeds, this table has {n}")
+        self.counts = resample_counts(n, n_resamples, seed) if counts is None else counts
+        self.reps, self.edge = self.curves.optima(self.counts)
+        self.few = seeds_ci_reason(n)
+
+    def ci(self, replicates: np.ndarray) -> tuple[float, float]:
+        """The CI of a statistic's resampled values (:func:`percentile_ci`, expanded for the seeds)."""
+        return percentile_ci(replicates, n_seeds=self.curves.n_seeds)
+
+    def col(self, **key: Any) -> int:
+        """The column (group) whose ``by`` values equal ``key``."""
+        return self.curves.index(**key)
+
+    def shaky(self, cols: Sequence[int], labels: Sequence[str]) -> str | None:
+        """:func:`edge_share_reason` for these columns."""
+        return edge_share_reason(self.edge[:, list(cols)], labels)
+
+    def add_cis(self, optima: pd.DataFrame) -> pd.DataFrame:
+        """``optima`` (an :func:`loradyn.analysis.optimal_lr` table of the same groups) with
+        ``log2_lr_lo`` and ``log2_lr_hi``, each optimum's CI in log2."""
+        lo, hi = column_cis(self.reps, n_seeds=self.curves.n_seeds)
+        by = self.curves.by
+        where = [self.col(**{c: r[c] for c in by}) for r in optima.to_dict("records")]
+        optima["log2_lr_lo"], optima["log2_lr_hi"] = lo[where], hi[where]
+        return optima

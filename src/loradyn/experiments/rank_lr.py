@@ -4,12 +4,15 @@ Protocol: at a fixed width, ranks r ∈ {1, …, 64}; Init[A] with α ∈ {1, 1/
 with α = 1 (the multiplier of ``W* + α·B·A``), plus full finetuning of W* with Adam as the
 reference; a half-octave lr grid per variant, the union over ranks of ±``span`` octaves around
 where an exploratory run found each rank's optimum (:data:`GRID_CENTRE`; placement only, the
-verdicts compare measured optima with μA's exponents), ≥ 3 seeds, η* = argmin
-of the seed-mean final train loss refined by the parabola in log2(lr); the slope of log2 η* vs
-log2 r per variant. The teacher's rank stays fixed (``task.teacher_rank``), so only the student
+verdicts compare measured optima with μA's exponents), ≥ 5 seeds, η* = the vertex of the quadratic
+over the near-optimal band of the seed-mean final train loss in log2(lr)
+(:func:`loradyn.analysis.optimal_lr`); the slope of log2 η* vs log2 r per variant, with a
+seed-bootstrap CI (:mod:`loradyn.bootstrap`) for every optimum, slope and the ratio to full
+finetuning. The teacher's rank stays fixed (``task.teacher_rank``), so only the student
 changes with r.
 
-Verdicts: slopes −0.5, −0.25, 0, 0 (Init[A] α = 1, 1/√r, 1/r; Init[B] α = 1), each ± 0.15 (the
+Verdicts (three-valued on the 95 % bootstrap CI): slopes −0.5, −0.25, 0, 0 (Init[A] α = 1, 1/√r,
+1/r; Init[B] α = 1), each ± 0.15 (the
 tolerance of the width slopes, docs/theory.md §8; μA is asymptotic in n and r jointly and here
 r/n reaches 1/8, so deviations at the large ranks are expected and reported); Init[B] with α = 1
 has its optimum within 2× of full finetuning (geometric mean over ranks).
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import fit_log2_slope, optimal_lr
+from ..bootstrap import LEVEL, N_RESAMPLES, OptimaBootstrap, log2_slopes
 from .framework import (
     Context,
     Experiment,
@@ -31,7 +35,6 @@ from .framework import (
     edge_reason,
     fmt_lr,
     results_frame,
-    seeds_reason,
 )
 from .grids import base_config, half_octaves, run_grid
 from .width_lr import INIT, LR
@@ -66,15 +69,17 @@ class Params:
         lr_step: grid step in octaves.
         span: octaves on each side of the expected optimum (per rank; the grid is their union).
         full_ft: also run full finetuning of W* (the reference).
+        n_resamples: seed-bootstrap resamples of the CIs.
     """
 
     width: int = 512
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 200
     lr_step: float = 0.5
     span: float = 2.5
     full_ft: bool = True
+    n_resamples: int = N_RESAMPLES
 
 
 FULL = Params()
@@ -106,38 +111,47 @@ def run(ctx: Context) -> Outcome:
     fits = fit_log2_slope(opt, RANK, "lr_opt", by="variant")
     full_opt = optimal_lr(results[results[METHOD] == "full"], lr=LR) if p.full_ft else None
     fft = float(full_opt["lr_opt"].iloc[0]) if full_opt is not None and len(full_opt) else math.nan
-
-    few = seeds_reason(p.seeds)
+    boot = OptimaBootstrap(lora, ["variant", INIT, RULE, RANK], lr=LR, n_resamples=p.n_resamples)
+    boot.add_cis(opt)
+    boot_fft = OptimaBootstrap(results[results[METHOD] == "full"], lr=LR, counts=boot.counts) if p.full_ft else None
+    if boot_fft is not None:
+        boot_fft.add_cis(full_opt)
+    few = boot.few
 
     def label(r):
         return f"{r['variant']} r={r[RANK]}"
 
     verdicts = []
+    fits["ci_lo"], fits["ci_hi"] = math.nan, math.nan
     for (init, rule), expected in VARIANTS.items():
         name = variant_name(init, rule)
         f = fits[fits["variant"] == name]
         slope = float(f["slope"].iloc[0]) if len(f) else math.nan
-        stderr = float(f["stderr"].iloc[0]) if len(f) else math.nan
-        wide_fit = f"fit stderr {stderr:.2f} wider than the tolerance {SLOPE_TOL}" if stderr > SLOPE_TOL else None
-        verdicts.append(Verdict.check(
+        rows = opt[opt["variant"] == name].to_dict("records")
+        cols = [boot.col(variant=name, **{RANK: r[RANK]}) for r in rows]
+        ci = boot.ci(log2_slopes([r[RANK] for r in rows], boot.reps[:, cols]))
+        fits.loc[fits["variant"] == name, ["ci_lo", "ci_hi"]] = ci
+        verdicts.append(Verdict.estimate(
             f"{name}: optimal lr ∝ r^{expected:g} (slope of log2 η* vs log2 r)",
-            f"{expected:+.2f} ± {SLOPE_TOL}",
-            f"{slope:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else ""),
-            math.isfinite(slope) and abs(slope - expected) <= SLOPE_TOL,
-            [edge_reason(opt[opt["variant"] == name].to_dict("records"), label), few, wide_fit],
+            expected, SLOPE_TOL, slope, ci,
+            [edge_reason(rows, label), few, boot.shaky(cols, [label(r) for r in rows])],
         ))
     if p.full_ft:
         b = opt[opt["variant"] == variant_name("B", "1")]["lr_opt"].astype(float)
         gm = float(np.exp(np.log(b[b > 0]).mean())) if len(b) else math.nan
         factor = gm / fft if fft > 0 else math.nan
-        used = [*opt[opt["variant"] == variant_name("B", "1")].to_dict("records"),
-                *({**r, "variant": "full finetuning", RANK: "-"} for r in full_opt.to_dict("records"))]
-        verdicts.append(Verdict.check(
+        rows = opt[opt["variant"] == variant_name("B", "1")].to_dict("records")
+        used = [*rows, *({**r, "variant": "full finetuning", RANK: "-"} for r in full_opt.to_dict("records"))]
+        cols = [boot.col(variant=variant_name("B", "1"), **{RANK: r[RANK]}) for r in rows]
+        log2_factor = np.nanmean(boot.reps[:, cols], axis=1) - boot_fft.reps[:, 0] if cols else np.full(1, np.nan)
+        verdicts.append(Verdict.bounded(
             "Init[B], α=1 transfers to full finetuning: its optimal lr is within 2× of FFT's",
-            "1/2 ≤ η*_B / η*_FFT ≤ 2 (geometric mean over ranks)",
-            f"η*_B = {fmt_lr(gm)}, η*_FFT = {fmt_lr(fft)}: ×{factor:.2f}",
-            math.isfinite(factor) and 0.5 <= factor <= 2.0,
-            [edge_reason(used, label), few],
+            "1/2 < η*_B / η*_FFT < 2 (geometric mean over ranks; CI of its log2 inside (−1, 1))",
+            f"η*_B = {fmt_lr(gm)}, η*_FFT = {fmt_lr(fft)}: ×{factor:.2f} (log2 {math.log2(factor):+.2f})"
+            if factor > 0 else f"η*_B = {fmt_lr(gm)}, η*_FFT = {fmt_lr(fft)}",
+            (-1.0, 1.0), boot.ci(log2_factor),
+            [edge_reason(used, label), few, boot.shaky(cols, [label(r) for r in rows]),
+             boot_fft.shaky([0], ["full finetuning"])],
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
     if not edges.empty:
@@ -154,6 +168,8 @@ def run(ctx: Context) -> Outcome:
         "optimal_lr": opt,
         "slopes": fits,
         "full_ft_optimal_lr": fft,
+        "full_ft_optimum": full_opt if full_opt is not None else [],
+        "bootstrap": {"n_resamples": p.n_resamples, "level": LEVEL, "seed": 0, "n_seeds": boot.curves.n_seeds},
         "edges": edges,
     }
     return Outcome(results, summary, figures, verdicts)

@@ -28,16 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import fit_log2_slope, optimal_lr
-from ..bootstrap import (
-    LEVEL,
-    N_RESAMPLES,
-    SeedCurves,
-    column_cis,
-    edge_share_reason,
-    log2_slopes,
-    percentile_ci,
-    seeds_ci_reason,
-)
+from ..bootstrap import LEVEL, N_RESAMPLES, OptimaBootstrap, log2_slopes
 from .framework import (
     Context,
     Experiment,
@@ -211,28 +202,18 @@ def run(ctx: Context) -> Outcome:
     return Outcome(results, summary, figures, verdicts, product=WidthOptima(opt, p.steps))
 
 
-class Bootstrap:
-    """Seed-bootstrap replicates of the width-lr optima (:mod:`loradyn.bootstrap`); adds each
-    optimum's CI (``log2_lr_lo``, ``log2_lr_hi``) to ``opt``."""
+class Bootstrap(OptimaBootstrap):
+    """The seed bootstrap of the width-lr optima (:class:`loradyn.bootstrap.OptimaBootstrap`)."""
 
     def __init__(self, results: pd.DataFrame, opt: pd.DataFrame, n_resamples: int, seed: int = 0) -> None:
-        self.curves = SeedCurves.from_table(results, [INIT, WIDTH], lr=LR)
-        self.reps, self.edge = self.curves.bootstrap(n_resamples, seed)
-        self.few = seeds_ci_reason(self.curves.n_seeds)
-        lo, hi = column_cis(self.reps, n_seeds=self.curves.n_seeds)
-        where = [self.curves.index(**{INIT: r[INIT], WIDTH: r[WIDTH]}) for r in opt.to_dict("records")]
-        opt["log2_lr_lo"], opt["log2_lr_hi"] = lo[where], hi[where]
-
-    def ci(self, replicates: np.ndarray) -> tuple[float, float]:
-        """The expanded percentile CI of a statistic's resamples (:func:`loradyn.bootstrap.percentile_ci`)."""
-        return percentile_ci(replicates, n_seeds=self.curves.n_seeds)
+        super().__init__(results, [INIT, WIDTH], lr=LR, n_resamples=n_resamples, seed=seed)
+        self.add_cis(opt)
 
     def _cols(self, init: str, widths: list[int]) -> list[int]:
-        return [self.curves.index(**{INIT: init, WIDTH: n}) for n in widths]
+        return [self.col(**{INIT: init, WIDTH: n}) for n in widths]
 
     def _shaky(self, cols: list[int]) -> str | None:
-        labels = [f"{k[INIT]} n={k[WIDTH]}" for k in (self.curves.keys[j] for j in cols)]
-        return edge_share_reason(self.edge[:, cols], labels)
+        return self.shaky(cols, [f"{k[INIT]} n={k[WIDTH]}" for k in (self.curves.keys[j] for j in cols)])
 
     def slope(self, init: str, widths: list[int]) -> tuple[tuple[float, float], str | None]:
         cols = self._cols(init, widths)
