@@ -4,11 +4,12 @@ Protocol: at n ∈ {128, 8192}, each init trains at its *own* optimal learning r
 ``width-lr`` when it ran before in the same ``reproduce all`` (its :class:`WidthOptima`) or sits
 next to the output directory (``<out>/../width-lr/summary.json``, same steps), or given with
 ``experiment.lr_A=…``/``experiment.lr_B=…``, or else found here with a small half-octave sweep
-(the same protocol as ``width-lr``: seed-mean, parabola-refined). Then ≥ 3 seeds per init record
+(the same protocol as ``width-lr``: seed-mean, band-fit refined). Then ≥ 5 seeds per init record
 the data-averaged RMS and L2 norms of Z_A = A·φ(W_in x) (r-dim) and Z_B = B·Z_A (n-dim, before α)
 every few steps, and the train loss every step.
 
-Verdicts (docs/theory.md §8; final step, seed means):
+Verdicts (docs/theory.md §8; final step, seed means; the ratios and exponents three-valued on their
+95 % seed-bootstrap CI, :mod:`loradyn.bootstrap`):
 
 * RMS(Z_A) is larger under Init[A] than under Init[B] at every width, by ≥ 2× at the largest
   ("much larger");
@@ -24,9 +25,18 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ..analysis import seed_stats
+from ..bootstrap import (
+    LEVEL,
+    N_RESAMPLES,
+    percentile_ci,
+    resample_counts,
+    resampled_means,
+    seeds_ci_reason,
+)
 from . import width_lr
 from .framework import (
     Context,
@@ -57,10 +67,11 @@ class Params:
         record_every: norm-recording interval (steps).
         lr_A, lr_B: given learning rates (None: from width-lr or tuned here).
         tune_seeds, tune_span, tune_step: the tuning sweep when no optimum is known.
+        n_resamples: seed-bootstrap resamples of the CIs.
     """
 
     widths: tuple[int, ...] = (128, 8192)
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 200
     record_every: int = 5
     lr_A: float | None = None
@@ -68,6 +79,7 @@ class Params:
     tune_seeds: int = 2
     tune_span: float = 2.0
     tune_step: float = 0.5
+    n_resamples: int = N_RESAMPLES
 
 
 FULL = Params()
@@ -144,40 +156,40 @@ def run(ctx: Context) -> Outcome:
 
     seed_z = (last[(last["feature"] == "z_a") & (last["stat"] == "rms")]
               .groupby([INIT, WIDTH, "seed"])["value"].mean())
+    # the seed bootstrap: RMS(Z_A) seed means per (init, width) under each resample of the seeds
+    z_table = seed_z.unstack("seed")
+    counts = resample_counts(z_table.shape[1], p.n_resamples, seed=0)
+    z_reps = pd.DataFrame(resampled_means(z_table.to_numpy(dtype=float), counts), columns=z_table.index)
 
-    def z_std(init, n):
-        v = seed_z.get((init, n))
-        return float(v.std(ddof=1)) if v is not None and len(v) > 1 else math.nan
+    def log2_z(init, n):
+        return np.log2(z_reps[(init, n)].to_numpy()) if (init, n) in z_reps else np.full(len(z_reps), np.nan)
+
+    def ci(values):
+        return percentile_ci(values, n_seeds=z_table.shape[1])
 
     lo, hi = min(p.widths), max(p.widths)
-    few = seeds_reason(p.seeds)
+    few = seeds_ci_reason(z_table.shape[1])
     verdicts = []
     ratios = {n: val("A", n, "z_a") / val("B", n, "z_a") for n in p.widths}
-    verdicts.append(Verdict.check(
+    # A/B > 1 at every width and ≥ 2 at the largest <=> min(min_n log2(A/B), log2(A/B at hi) - 1) > 0
+    margin = np.minimum(np.min([log2_z("A", n) - log2_z("B", n) for n in p.widths], axis=0),
+                        log2_z("A", hi) - log2_z("B", hi) - 1.0)
+    verdicts.append(Verdict.bounded(
         "RMS(Z_A) is much larger under Init[A] than Init[B] (×≥2 at the largest width)",
-        f"A/B > 1 at every width, ≥ 2 at n={hi}",
+        f"A/B > 1 at every width, ≥ 2 at n={hi} (CI of min(log2 A/B, log2 A/B at n={hi} − 1) > 0)",
         ", ".join(f"n={n}: ×{r:.2f}" for n, r in ratios.items()),
-        all(r > 1 for r in ratios.values()) and ratios[hi] >= 2,
-        [few, *(noise_reason(val("A", n, "z_a"), val("B", n, "z_a"), spread(z_std("A", n), z_std("B", n)),
-                             f"n={n}: A-B") for n in p.widths)],
+        (0.0, math.inf), ci(margin), [few],
     ))
     span = math.log(hi / lo)
     for init, expected in (("A", 0.5), ("B", 0.0)):
         e = math.log(val(init, hi, "z_a") / val(init, lo, "z_a")) / span if span > 0 else math.nan
-        per_seed = []
-        for s_hi, s_lo in zip(seed_z.get((init, hi), pd.Series(dtype=float)).sort_index(),
-                              seed_z.get((init, lo), pd.Series(dtype=float)).sort_index()):
-            per_seed.append(math.log(s_hi / s_lo) / span)
-        e_std = float(pd.Series(per_seed).std(ddof=1)) if len(per_seed) > 1 else math.nan
-        wide = (f"seed std of the exponent {e_std:.2f} wider than the tolerance {EXP_TOL}"
-                if e_std > EXP_TOL else None)
-        verdicts.append(Verdict.check(
+        e_reps = (log2_z(init, hi) - log2_z(init, lo)) / math.log2(hi / lo) if span > 0 else np.full(1, np.nan)
+        v = Verdict.estimate(
             f"Init[{init}]: RMS(Z_A) ∝ n^{expected:g} (exponent between n={lo} and n={hi})",
-            f"{expected:+.2f} ± {EXP_TOL}",
-            f"{e:+.2f} ({val(init, lo, 'z_a'):.2f} → {val(init, hi, 'z_a'):.2f})",
-            math.isfinite(e) and abs(e - expected) <= EXP_TOL,
-            [few, wide],
-        ))
+            expected, EXP_TOL, e, ci(e_reps), [few],
+        )
+        verdicts.append(Verdict(v.claim, v.expected, f"{v.measured} ({val(init, lo, 'z_a'):.2f} → "
+                                f"{val(init, hi, 'z_a'):.2f})", v.status, v.reason, v.ci))
     stats = seed_stats(results, [INIT, WIDTH], metric="final_train_loss").set_index([INIT, WIDTH])
     loss, loss_std = stats["mean"], stats["std"]
     lower = {n: (loss.get(("A", n), math.nan), loss.get(("B", n), math.nan)) for n in p.widths}
@@ -186,7 +198,7 @@ def run(ctx: Context) -> Outcome:
         "loss_A < loss_B at every width",
         ", ".join(f"n={n}: {a:.2e} vs {b:.2e}" for n, (a, b) in lower.items()),
         all(a < b for a, b in lower.values()),
-        [few, *(noise_reason(a, b, spread(loss_std.get(("A", n)), loss_std.get(("B", n))),
+        [seeds_reason(p.seeds), *(noise_reason(a, b, spread(loss_std.get(("A", n)), loss_std.get(("B", n))),
                              f"n={n}: loss difference") for n, (a, b) in lower.items())],
     ))
 
@@ -197,6 +209,7 @@ def run(ctx: Context) -> Outcome:
         "feature_norms_l2": plot_feature_norms(probes, None, stat="l2", title="L2 norms of Z_A, Z_B"),
     }
     summary = {
+        "bootstrap": {"n_resamples": p.n_resamples, "level": LEVEL, "seed": 0, "n_seeds": int(z_table.shape[1])},
         "learning_rates": {f"{i}@{n}": {"lr": lr, "log2": fmt_lr(lr), "source": src} for (i, n), (lr, src) in lrs.items()},
         "final_norms": final,
     }
