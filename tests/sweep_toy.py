@@ -4,11 +4,13 @@ Gradient descent on ``L(w) = mean_i c_i (w_i - t_i)^2`` with curvatures ``c_i âˆ
 coordinates use ``lr_a``, odd ones ``lr_b = lr_ratio * lr_a``, so the best learning rate falls
 like ``1/width`` and too large a rate diverges (status ``diverged``). Knobs for the reliability
 tests: ``sleep`` (seconds per trial), ``fail_lr_above`` (that trial raises -> ``failed``),
-``crash_pack_lr_above`` (``run_pack`` itself raises), ``exit_lr_above`` (the process running the pack dies).
+``crash_pack_lr_above`` (``run_pack`` itself raises), ``exit_lr_above`` (the process running the pack dies),
+``die_once`` (a flag file: the first pack to create it kills its own process with SIGKILL after its
+first trial started, once per sweep).
 
 Subprocesses find it with ``PYTHONPATH=tests LORADYN_TASK_MODULES=sweep_toy`` (see
 :func:`subprocess_env`); if ``LORADYN_TOY_LOG`` is set, every execution appends
-``<trial_id> <pid>`` to that file.
+``<trial_id> <pid> <ray node id or ->`` to that file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ class ToyTaskSpec:
     fail_lr_above: float | None = None
     crash_pack_lr_above: float | None = None
     exit_lr_above: float | None = None  # the worker process dies (os._exit) on such a pack
+    die_once: str | None = None  # flag file: the first pack to create it SIGKILLs its process mid-pack
     pack_size: int = 4
     probes: bool = False
 
@@ -89,6 +93,22 @@ def train_one(cfg: ToySpec) -> TrialResult:
     return TrialResult("done", {"final_loss": value, "steps_run": float(t.steps)}, curves, probes)
 
 
+def _node() -> str:
+    """The Ray node this process runs on, or ``-``."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "-"
+    return ray.get_runtime_context().get_node_id()
+
+
+def _first(flag: str) -> bool:
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def pack_key(config: ToySpec):
     return (config.task.width, config.task.steps)
 
@@ -106,14 +126,16 @@ def run_pack(configs):
         os._exit(3)
     log = os.environ.get("LORADYN_TOY_LOG")
     out = []
-    for cfg in configs:
+    for i, cfg in enumerate(configs):
         if log:
             with open(log, "a") as fh:
-                fh.write(f"{config_id(cfg)} {os.getpid()}\n")
+                fh.write(f"{config_id(cfg)} {os.getpid()} {_node()}\n")
         start = time.perf_counter()
         for step in range(10 if cfg.task.sleep else 0):  # the sleep in tenths, with heartbeats
             time.sleep(cfg.task.sleep / 10)
             report_steps(step + 1, 10)
+            if i == 0 and step == 4 and cfg.task.die_once and _first(cfg.task.die_once):
+                os.kill(os.getpid(), signal.SIGKILL)
         try:
             res = train_one(cfg)
         except Exception as err:

@@ -100,6 +100,7 @@ def _build_parser(list_experiments: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write report.html and report.md for a sweep or reproduction")
     p.add_argument("dir", metavar="DIR", help="sweep directory, or a parent of several")
+    p.add_argument("--out", default=None, metavar="OUT", help="write the report into OUT (default: DIR)")
 
     p = sub.add_parser("validate", help="check a sweep spec and print it resolved (no run)")
     p.add_argument("spec", help="sweep YAML file")
@@ -230,7 +231,7 @@ def _table_text(df) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    paths = write_report(args.dir)
+    paths = write_report(args.dir, out=args.out)
     _say(f"wrote {paths['html']}")
     _say(f"wrote {paths['md']}")
     return EXIT_OK
@@ -376,3 +377,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as err:  # unreadable or unwritable files, a full or read-only disk
+        return _error(f"{err.strerror or err}: {err.filename}" if err.filename else err)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import LoradynError
 from .sweep import figures
 from .sweep.store import SweepStore
 from .sweep.tables import find_stores, record_table, results_frame
@@ -269,18 +270,29 @@ table.t{border-collapse:collapse;margin:.5em 0;font-size:90%}table.t td,table.t 
 padding:3px 8px;text-align:right}figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}"""
 
 
-def write_report(directory: str | Path, *, title: str | None = None) -> dict[str, Path]:
-    """Write ``report.html`` and ``report.md`` for the sweep(s) at or below ``directory``.
+def write_report(directory: str | Path, *, title: str | None = None, out: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.html`` and ``report.md`` for the sweep(s) at or below ``directory``, into
+    ``out`` (default: ``directory``; a store on read-only media is read in place).
 
     Returns:
         ``{"html": path, "md": path}``.
 
     Raises:
-        LoradynError: no sweep store at or below ``directory``.
+        LoradynError: no sweep store at or below ``directory``; ``out`` cannot be written.
     """
     root = Path(directory)
     blocks = _collect(root)
     title = title or f"loradyn report: {root}"
+    target = Path(out) if out is not None else root
+    try:
+        return _write(target, title, blocks)
+    except OSError as err:
+        why = err.strerror or str(err)
+        raise LoradynError(f"cannot write the report into {str(target)!r} ({why}): give another folder, "
+                           f"loradyn report {root} --out DIR") from None
+
+
+def _write(root: Path, title: str, blocks: list[Block]) -> dict[str, Path]:
     files = root / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     out_html = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -222,8 +222,19 @@ def load_yaml(path: str | Path) -> Any:
     if path.is_dir():
         raise SpecError(f"spec path {str(path)!r} is a directory, expected a YAML file")
     try:
-        with path.open() as fh:
+        with path.open(encoding="utf-8") as fh:
             return yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(10) + 1  # newlines before the bad byte
+            where = f" (byte 0x{data[err.start]:02x} on line {line})"
+        raise SpecError(f"{str(path)!r} is not UTF-8 text{where}: save it as UTF-8") from None
+    except OSError as err:
+        raise SpecError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
     except DuplicateKey as dup:
         lines = f"lines {dup.first} and {dup.second}" if dup.first != dup.second else f"line {dup.first}"
         raise SpecError(f"duplicate key {dup.key!r} in {str(path)!r} at {lines}: keep one") from None

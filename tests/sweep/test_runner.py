@@ -85,12 +85,15 @@ def test_a_raising_pack_fails_only_its_trials(tmp_path):
     assert set(df[df["optim.lr_a"] != 0.01]["status"]) == {"done"}
 
 
-def test_a_dying_worker_process_fails_its_pack_and_the_sweep_goes_on(tmp_path):
+def test_a_pack_that_always_kills_its_worker_is_retried_then_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORADYN_MAX_RETRIES", "2")
     spec = sweep_toy.toy_sweep(grid={"optim.lr_a": [0.001, 0.01, 0.002, 0.003]})
     spec["base"]["task"].update(exit_lr_above=0.005, pack_size=2)
     df = run_sweep(spec, tmp_path / "s", executor="process", workers=1, quiet=True)
     dead = df[df["optim.lr_a"] == 0.01]
-    assert set(dead["status"]) == {"failed"} and dead["error"].str.contains("worker process died").all()
+    assert set(dead["status"]) == {"failed"}
+    assert (dead["error"] == "the worker process running this pack died 3 times (last: exit code 3); "
+                             "--retry-failed runs it again").all()
     assert set(df[df["optim.lr_a"] != 0.01]["status"]) == {"done"}
 
 

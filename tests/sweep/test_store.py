@@ -60,8 +60,9 @@ def test_complete_writes_atomically_only_for_the_lease_holder(tmp_path):
     curves = [{"step": 1, "metric": "loss", "value": 2.0}, {"step": 2, "metric": "loss", "value": 1.0}]
     probes = [{"step": 1, "module": "m", "feature": "z_a", "stat": "rms", "value": 3.0}]
     assert store.complete(b, b, [_result(t) for t in claim.trial_ids]) == 0  # not b's lease
-    written = store.complete(a, a, [_result("t0", curves=curves, probes=probes),
-                                    _result("t1", "diverged", float("inf"))])
+    assert store.complete(a, a, [_result(t) for t in claim.trial_ids]) == 0  # the run, not the claim
+    written = store.complete(claim.token, a, [_result("t0", curves=curves, probes=probes),
+                                              _result("t1", "diverged", float("inf"))])
     assert written == 2
     df = results_frame(store)
     assert list(df["status"][:2]) == ["done", "diverged"]
@@ -121,8 +122,8 @@ def test_database_is_wal_and_schema_checks_status(tmp_path):
 def test_results_columns_and_load_results(tmp_path):
     store, ids = _store(tmp_path, n=2)
     owner = new_owner()
-    store.claim(owner, ids, 60)
-    store.complete(owner, owner, [_result("t0"), {**_result("t1", "failed"), "error": "boom", "metrics": {}}])
+    claim = store.claim(owner, ids, 60)
+    store.complete(claim.token, owner, [_result("t0"), {**_result("t1", "failed"), "error": "boom", "metrics": {}}])
     store.close()
     df = load_results(tmp_path)
     assert list(df.columns) == ["trial_id", "task.kind", "optim.lr_a", "seed", "status", "loss", "error", "seconds"]
@@ -198,11 +199,11 @@ def test_a_failing_transaction_rolls_back_everything(tmp_path):
     claim = store.claim(owner, ids, 60)
     good = _result(claim.trial_ids[0], curves=[{"step": 1, "metric": "loss", "value": 1.0}])
     with pytest.raises(KeyError):
-        store.complete(owner, owner, [good, {"trial_id": claim.trial_ids[1]}])  # the second has no status
+        store.complete(claim.token, owner, [good, {"trial_id": claim.trial_ids[1]}])  # the second has no status
     assert not store._conn.in_transaction
     assert [store.statuses()[t] for t in claim.trial_ids] == ["running", "running"]  # both rolled back
     assert record_table(store, "curves").empty
-    assert store.complete(owner, owner, [good]) == 1
+    assert store.complete(claim.token, owner, [good]) == 1
     store.close()
 
 

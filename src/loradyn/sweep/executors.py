@@ -6,19 +6,19 @@ factory. Workers only compute; the driver writes each pack's results as it finis
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
-import queue
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import LoradynError
-from .jobs import PackJob, PackOutcome, execute_pack, one_line, set_worker_beats, single_thread
+from .jobs import PackJob, PackOutcome, execute_pack
 
-__all__ = ["EXECUTORS", "Executor", "ProcessExecutor", "SerialExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "ProcessExecutor", "SerialExecutor", "make_executor", "max_retries"]
 
 EXECUTORS = ("serial", "process", "ray")
+RETRIES_ENV = "LORADYN_MAX_RETRIES"
+DEFAULT_RETRIES = 3
 
 
 class Executor(Protocol):
@@ -66,26 +66,20 @@ class SerialExecutor:
         self._jobs.clear()
 
 
-def _worker_init(beats: Any = None, gpus: Any = None) -> None:
-    """Worker set-up: one thread for every BLAS/OpenMP pool; heartbeats to ``beats``; with ``gpus``
-    (a queue of device ids) this worker takes one and sees only it; die with the driver (Linux)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    if gpus is not None:  # before anything initialises CUDA in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get(timeout=60))
-    set_worker_beats(beats)
-    single_thread()
-    try:  # PR_SET_PDEATHSIG: a SIGKILLed driver takes its workers with it
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def max_retries() -> int:
+    """How often a pack lost to a dead worker process or Ray node runs again: ``LORADYN_MAX_RETRIES`` or 3."""
+    raw = os.environ.get(RETRIES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRIES
+    if not raw.isdigit() or int(raw) > 100:
+        raise LoradynError(f"{RETRIES_ENV} must be a whole number 0..100 of retries, got {raw!r}")
+    return int(raw)
 
 
 class ProcessExecutor:
-    """``workers`` spawned processes (one torch thread each), one pack per process at a time.
+    """``workers`` spawned processes (one torch thread each), one pack per process at a time
+    (:class:`~loradyn.sweep.pool.WorkerPool`): a worker that dies loses only its own pack, which
+    runs again in a new process (at most :func:`max_retries` times).
 
     With ``gpus`` (device ids), there is one worker per GPU and each sees only its own
     (``CUDA_VISIBLE_DEVICES``), so ``train.device: auto`` or ``cuda`` puts every pack on its worker's GPU.
@@ -94,90 +88,39 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, workers: int, on_beat: Callable[[str, int, int], None] | None = None,
-                 gpus: Sequence[str] | None = None) -> None:
-        import multiprocessing as mp
+                 gpus: Sequence[str] | None = None, on_note: Callable[[str], None] | None = None) -> None:
+        from .pool import WorkerPool
 
-        self.capacity = len(gpus) if gpus else workers
-        self._ctx = mp.get_context("spawn")
-        self._gpus = list(gpus or ())
-        self._on_beat = on_beat
-        self._beats = self._ctx.Queue() if on_beat is not None else None
-        self._pool = self._new_pool()
+        self._pool = WorkerPool(workers, gpus=gpus, retries=max_retries(), on_beat=on_beat, on_note=on_note)
+        self.capacity = self._pool.size
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        gpus = None
-        if self._gpus:
-            gpus = self._ctx.Queue()
-            for gpu in self._gpus:
-                gpus.put(gpu)
-        return cf.ProcessPoolExecutor(self.capacity, mp_context=self._ctx, initializer=_worker_init,
-                                      initargs=(self._beats, gpus))
+    def submit(self, job: PackJob) -> int:
+        return self._pool.submit(job)
 
-    def _drain(self) -> None:
-        """Hand the heartbeats the workers sent to the driver's display."""
-        if self._beats is None:
-            return
-        while True:
-            try:
-                pack, done, total = self._beats.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                return
-            self._on_beat(pack, done, total)
-
-    def submit(self, job: PackJob) -> cf.Future:
-        try:
-            return self._pool.submit(execute_pack, job)
-        except cf.process.BrokenProcessPool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            return self._pool.submit(execute_pack, job)
-
-    def wait(self, handles: Sequence[cf.Future], timeout: float) -> list[tuple[cf.Future, PackOutcome]]:
-        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        self._drain()
-        out = []
-        for fut in done:
-            try:
-                outcome = fut.result()
-            except cf.process.BrokenProcessPool as err:
-                outcome = PackOutcome(
-                    None, f"a worker process died while this pack was in flight ({one_line(err)}); "
-                    "rerun with --retry-failed"
-                )
-            except Exception as err:  # e.g. an unpicklable result
-                outcome = PackOutcome(None, one_line(err))
-            out.append((fut, outcome))
-        return out
+    def wait(self, handles: Sequence[int], timeout: float) -> list[tuple[int, PackOutcome]]:
+        return self._pool.wait(handles, timeout)
 
     def close(self, wait: bool = True) -> None:
-        """Shut the pool down; ``wait=False`` (interrupted run) also terminates busy workers."""
-        if wait:
-            self._pool.shutdown(wait=True)
-        else:
-            processes = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for proc in processes:
-                if proc.is_alive():
-                    proc.terminate()
-        if self._beats is not None:
-            self._beats.cancel_join_thread()  # never block the driver on heartbeats left unread
-            self._beats.close()
+        """Stop the workers; ``wait=False`` (interrupted run) terminates busy ones."""
+        self._pool.close(wait)
 
 
 def make_executor(name: str, workers: int | None, ray_address: str | None = None, *, quiet: bool = True,
                   on_beat: Callable[[str, int, int], None] | None = None, gpus: Sequence[str] | None = None,
-                  resources: dict[str, float] | None = None) -> Executor:
+                  resources: dict[str, float] | None = None, on_note: Callable[[str], None] | None = None) -> Executor:
     """The executor ``name`` with ``workers`` parallel packs (Ray: default the cluster's CPUs).
 
-    ``on_beat(pack, done, total)`` receives the running packs' heartbeats; ``gpus`` (process
-    executor) places one worker per GPU; ``resources`` (Ray) is what each pack asks for.
+    ``on_beat(pack, done, total)`` receives the running packs' heartbeats; ``on_note(text)`` what
+    the driver should tell the user (lost packs running again, the Ray cluster found); ``gpus``
+    (process executor) places one worker per GPU; ``resources`` (Ray) is what each pack asks for.
     """
     if name == "serial":
         return SerialExecutor(on_beat)
     if name == "process":
-        return ProcessExecutor(workers or 1, on_beat, gpus)
+        return ProcessExecutor(workers or 1, on_beat, gpus, on_note)
     if name == "ray":
         from .ray_backend import RayExecutor
 
-        return RayExecutor(workers, ray_address, quiet=quiet, on_beat=on_beat, resources=resources)
+        return RayExecutor(workers, ray_address, quiet=quiet, on_beat=on_beat, resources=resources,
+                           on_note=on_note)
     raise LoradynError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")

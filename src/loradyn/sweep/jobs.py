@@ -6,13 +6,19 @@ one-line message and the driver marks the pack's trials ``failed``. Workers neve
 
 Every pack runs with one torch thread: on small CPUs parallel processes beat intra-op threads,
 and a trial's numbers then do not depend on the executor that ran it.
+
+A job carries the driver's loradyn and Python versions (:func:`versions`); a process with other
+versions (a Ray node installed differently) runs nothing and answers ``PackOutcome.mismatch``,
+which the driver turns into one line naming both.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import platform
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ from typing import Any
 from ..tasks.pulse import reporting
 from ..tasks.registry import TrialResult, get_task
 
-__all__ = ["PackJob", "PackOutcome", "execute_pack", "one_line", "set_worker_beats", "single_thread"]
+__all__ = ["PackJob", "PackOutcome", "execute_pack", "one_line", "single_thread", "versions"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -36,16 +42,34 @@ class PackJob:
     task_module: str | None
     configs: tuple[Any, ...]
     sys_path: tuple[str, ...] = ()
+    versions: tuple[str, str] | None = None  # the driver's (loradyn, Python major.minor)
 
 
 @dataclass
 class PackOutcome:
-    """What came back: one :class:`TrialResult` per config, or ``error`` for the whole pack."""
+    """What came back: one :class:`TrialResult` per config, or ``error`` for the whole pack;
+    ``mismatch``: this process runs other versions than the driver (nothing was run)."""
 
     results: list[TrialResult] | None
     error: str | None = None
     seconds: float = 0.0
     pid: int = field(default_factory=os.getpid)
+    mismatch: str | None = None
+
+
+def versions() -> tuple[str, str]:
+    """``(loradyn version, Python major.minor)`` of this process."""
+    from .. import __version__
+
+    return __version__, ".".join(platform.python_version_tuple()[:2])
+
+
+def _mismatch(expected: tuple[str, str]) -> str | None:
+    mine = versions()
+    if tuple(expected) == mine:
+        return None
+    return (f"{socket.gethostname()} (pid {os.getpid()}) runs loradyn {mine[0]} on Python {mine[1]}, the driver "
+            f"loradyn {expected[0]} on Python {expected[1]}: install the same loradyn and Python on every node")
 
 
 def one_line(err: BaseException | str, limit: int = 500) -> str:
@@ -73,15 +97,6 @@ def _import_task_module(job: PackJob) -> None:
         importlib.import_module(job.task_module)
 
 
-_WORKER_BEATS: Any = None  # where a worker process sends heartbeats (set by its initialiser)
-
-
-def set_worker_beats(channel: Any) -> None:
-    """Make this process send pack heartbeats to ``channel`` (a queue with ``put_nowait``)."""
-    global _WORKER_BEATS
-    _WORKER_BEATS = channel
-
-
 def _sink(pack: str, channel: Any):
     """The heartbeat sink of one pack: a callable channel is called, a queue is put to."""
     if channel is None:
@@ -93,15 +108,19 @@ def _sink(pack: str, channel: Any):
 
 def execute_pack(job: PackJob, beats: Any = None) -> PackOutcome:
     """Build the configs and run one pack; never raises. Heartbeats (:mod:`loradyn.tasks.pulse`)
-    go to ``beats`` (a callable or a queue), else to this worker process's channel."""
+    go to ``beats`` (a callable ``(pack, done, total)`` or a queue)."""
     start = time.perf_counter()
+    if job.versions is not None:
+        mismatch = _mismatch(job.versions)
+        if mismatch is not None:
+            return PackOutcome(None, mismatch, 0.0, mismatch=mismatch)
     try:
         _import_task_module(job)
         task = get_task(job.kind)
         configs = [task.build(c) if isinstance(c, dict) else c for c in job.configs]
         single_thread()
         start = time.perf_counter()
-        with reporting(_sink(job.pack, beats if beats is not None else _WORKER_BEATS)):
+        with reporting(_sink(job.pack, beats)):
             results = list(task.run_pack(configs))
         seconds = time.perf_counter() - start
     except Exception as err:  # the whole pack failed: the driver records it, the sweep goes on

@@ -4,7 +4,14 @@ The driver loop: claim a pack of claimable trials (one transaction), submit it t
 and write each finished pack's results in one transaction. A heartbeat thread renews the leases of
 the trials in flight. When nothing is left to claim but another run still holds some of this
 sweep's trials, the driver waits for them (or for their leases to expire), so the table it returns
-is complete. Interrupting a run (Ctrl-C) hands its unfinished trials back to ``pending``.
+is complete. Interrupting a run (Ctrl-C) cancels the packs in flight and hands their trials back
+to ``pending``.
+
+Faults: a pack lost to a dead worker process or Ray node is run again by the executor (at most
+``LORADYN_MAX_RETRIES`` times); results are written under the claim's token, so a pack's result
+is written once however often it arrives. Every knob (``LORADYN_LEASE_SECONDS``,
+``LORADYN_MAX_RETRIES``, ``LORADYN_DB_TIMEOUT``) is checked before anything is written, and SQLite
+and OS failures on the store become one line (:mod:`~loradyn.sweep.storefiles`).
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ import yaml
 from ..errors import LoradynError
 from ..tasks.registry import TaskKind, get_task, task_module
 from .env import environment
-from .executors import EXECUTORS, make_executor
-from .jobs import PackJob, PackOutcome
-from .leases import new_owner
+from .executors import EXECUTORS, make_executor, max_retries
+from .fslocks import DriverMark, guard_store
+from .jobs import PackJob, PackOutcome, versions
+from .leases import new_owner, retire_owner
 from .progress import Progress
 from .spec import DEFAULT_MAX_TRIALS, SweepSpec, count_line, expand, plan_packs, resolve_sweep
-from .store import FINISHED, Claim, SweepStore
+from .store import DB_NAME, FINISHED, Claim, SweepStore
+from .storefiles import db_timeout, make_directory, store_errors
 from .tables import results_frame
 
 __all__ = ["run_sweep", "validate_inputs", "visible_gpus"]
@@ -51,14 +60,16 @@ def lease_seconds() -> float:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, store: SweepStore, owner: str, lease: float) -> None:
+    def __init__(self, store: SweepStore, owner: str, lease: float, mark: DriverMark | None) -> None:
         super().__init__(name="loradyn-heartbeat", daemon=True)
-        self._store, self._owner, self._lease = store.reader(), owner, lease
+        self._store, self._owner, self._lease, self._mark = store.reader(), owner, lease, mark
         self._halt = threading.Event()
 
     def run(self) -> None:
         try:
             while not self._halt.wait(self._lease / 4):
+                if self._mark is not None:
+                    self._mark.refresh()
                 try:
                     self._store.renew(self._owner, self._lease)
                 except sqlite3.Error:
@@ -192,6 +203,7 @@ def run_sweep(
         LoradynError: bad spec, overrides, executor or workers (one line).
     """
     _check_workers(executor, workers)
+    lease, _, _ = lease_seconds(), max_retries(), db_timeout()  # bad knobs: one line before anything is written
     gpu_ids = visible_gpus(gpus, executor)
     if gpu_ids:
         workers = workers or len(gpu_ids)
@@ -210,6 +222,25 @@ def run_sweep(
     ids = [t.trial_id for t in trials]
 
     out = Path(out)
+    make_directory(out)
+    owner = new_owner()
+    mark = guard_store(out, owner, lease)
+    try:
+        with store_errors(out / DB_NAME):
+            df = _run(out, sweep, task, trials, packs, pack_of, ids, owner, lease, mark, executor=executor,
+                      workers=workers, quiet=quiet, ray_address=ray_address, retry_failed=retry_failed, gpu_ids=gpu_ids)
+    finally:
+        retire_owner(owner)
+        if mark is not None:
+            mark.remove()
+    df.attrs["out"] = str(out)
+    df.attrs["name"] = sweep.name
+    return df
+
+
+def _run(out: Path, sweep: SweepSpec, task: TaskKind, trials: list[Any], packs: list[Any], pack_of: dict[str, str],
+         ids: list[str], owner: str, lease: float, mark: DriverMark | None, *, executor: str, workers: int | None,
+         quiet: bool, ray_address: str | None, retry_failed: bool, gpu_ids: list[str] | None):
     store = SweepStore.create(out)
     try:
         previous = store.get_meta("name")
@@ -232,20 +263,17 @@ def run_sweep(
         if todo_packs:
             configs = {t.trial_id: t.config for t in trials}
             _drive(store, sweep, configs, ids, statuses, executor,
-                   n_workers if executor != "ray" else workers, ray_address, quiet, env, pack_of, gpu_ids)
-        df = results_frame(store, ids)
+                   n_workers if executor != "ray" else workers, ray_address, quiet, env, pack_of, gpu_ids,
+                   owner, lease, mark)
+        return results_frame(store, ids)
     finally:
         store.close()
-    df.attrs["out"] = str(out)
-    df.attrs["name"] = sweep.name
-    return df
 
 
 def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: list[str], statuses: dict[str, str],
            executor_name: str, workers: int | None, ray_address: str | None, quiet: bool,
-           env: dict[str, Any], pack_of: dict[str, str], gpus: list[str] | None) -> None:
-    lease = lease_seconds()
-    owner = new_owner()
+           env: dict[str, Any], pack_of: dict[str, str], gpus: list[str] | None, owner: str, lease: float,
+           mark: DriverMark | None) -> None:
     wanted = set(ids)
     module = task_module(sweep.kind)
     counts = Counter(s for s in statuses.values() if s in FINISHED)
@@ -257,13 +285,14 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                   + (f" with {workers} worker{'s' if workers != 1 else ''}" if workers else "")
                   + (f" (GPUs {','.join(gpus)})" if gpus else ""))
     store.begin_run(owner, executor_name, workers or 0, env)
-    heartbeat = _Heartbeat(store, owner, lease)
+    heartbeat = _Heartbeat(store, owner, lease, mark)
     heartbeat.start()
     executor = None
     clean = False
+    driver_versions = versions()
     try:
         executor = make_executor(executor_name, workers, ray_address, quiet=quiet, on_beat=progress.beat,
-                                 gpus=gpus, resources=sweep.resources)
+                                 gpus=gpus, resources=sweep.resources, on_note=progress.plan)
         in_flight: dict[Any, Claim] = {}
         while True:
             while len(in_flight) < executor.capacity:
@@ -271,7 +300,7 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                 if claim is None:
                     break
                 job = PackJob(claim.pack, sweep.kind, module,
-                              tuple(configs[tid] for tid in claim.trial_ids), tuple(sys.path))
+                              tuple(configs[tid] for tid in claim.trial_ids), tuple(sys.path), driver_versions)
                 in_flight[executor.submit(job)] = claim
                 progress.started(claim.pack)
             progress.tick()
@@ -283,9 +312,13 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                 time.sleep(POLL_SECONDS)  # another run holds trials of this sweep: wait for it
                 continue
             for handle, outcome in executor.wait(list(in_flight), timeout=POLL_SECONDS * 4):
-                claim = in_flight.pop(handle)
+                claim = in_flight.pop(handle, None)
+                if claim is None:  # not (or no longer) ours: never written
+                    continue
+                if outcome.mismatch:
+                    raise LoradynError(outcome.mismatch)
                 progress.finished(claim.pack)
-                store.complete(owner, owner, _results(claim, outcome, sweep.metric))
+                store.complete(claim.token, owner, _results(claim, outcome, sweep.metric))
                 _refresh(progress, store.statuses(ids))
         clean = True
     finally:
@@ -297,7 +330,10 @@ def _drive(store: SweepStore, sweep: SweepSpec, configs: dict[str, Any], ids: li
                 store.release(owner)
             except sqlite3.Error:
                 pass  # the lease will expire
-        store.end_run(owner)
+        try:
+            store.end_run(owner)
+        except sqlite3.Error:
+            pass  # the run's end time only; the original error (if any) matters more
         progress.close()
 
 

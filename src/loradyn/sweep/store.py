@@ -14,12 +14,18 @@ Layout of a sweep directory::
 Concurrency and crashes:
 
 * A run *claims* a pack of pending trials in one ``BEGIN IMMEDIATE`` transaction, marking them
-  ``running`` under a lease (owner id + expiry). Its heartbeat renews the lease. A running trial
-  can be claimed again only when its lease has expired or its owner is a dead process on this
-  host, so two runs on one store never run the same trial twice.
-* A pack's results (status, metrics, curves, probes) are written in one transaction, and only if
-  the writer still holds the lease. ``kill -9`` at any moment therefore loses at most the trials
-  in flight, and SQLite's journal keeps the file consistent.
+  ``running`` under a lease: a claim token ``owner/n`` (:mod:`~loradyn.sweep.leases`) and an
+  expiry. Its heartbeat renews the lease. A running trial can be claimed again only when its
+  lease has expired or its owner is a dead process on this host, so two runs on one store never
+  run the same trial twice.
+* A pack's results (status, metrics, curves, probes) are written in one transaction, and only
+  under the exact claim token they were claimed with, while the trials are still ``running``:
+  a result that arrives twice (a retry and a late original) is written once, and a late result
+  of an older claim never overwrites what a later claim (this driver's or another's) wrote.
+  ``kill -9`` at any moment therefore loses at most the trials in flight, and SQLite's journal
+  keeps the file consistent.
+* SQLite and OS failures (a damaged file, a read-only or full disk, a lock held too long) become
+  one line naming the file and the fix (:mod:`~loradyn.sweep.storefiles`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoradynError
-from .leases import owner_alive
+from .leases import claim_token, owner_alive
+from .storefiles import connect_reader, connect_writer, db_timeout, make_directory, store_errors
 
 __all__ = ["DB_NAME", "FINISHED", "SCHEMA_VERSION", "Claim", "SweepStore", "transaction"]
 
@@ -79,11 +86,13 @@ CREATE INDEX IF NOT EXISTS probes_trial ON probes (trial_id);
 
 @dataclass(frozen=True)
 class Claim:
-    """Trials of one pack that a run now holds: ids and their config JSON, in expansion order."""
+    """Trials of one pack that a run now holds: ids and their config JSON, in expansion order, and
+    the claim token (``lease_owner``) under which their results may be written."""
 
     pack: str
     trial_ids: tuple[str, ...]
     configs: tuple[dict[str, Any], ...]
+    token: str = ""
 
 
 @contextlib.contextmanager
@@ -115,19 +124,21 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 60000")
-    return conn
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` (about 0.5 s per 100 MB); one line naming the damage and the way out."""
+    problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if problem != "ok":
+        raise LoradynError(f"{path} is damaged ({' '.join(str(problem).split())[:200]}): move it aside "
+                           f"(mv {path} {path}.broken) and re-run to start this sweep over, or restore a copy")
 
 
-def _enable_wal(conn: sqlite3.Connection, *, wait_s: float = 60.0) -> None:
+def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switch to WAL, retrying while another process does the same on a fresh database.
 
     SQLite answers ``database is locked`` at once here (the busy timeout does not cover the switch),
     so two drivers starting on one new store would otherwise lose one of them.
     """
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + db_timeout()
     while True:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -147,32 +158,50 @@ class SweepStore:
 
     @classmethod
     def create(cls, directory: str | Path) -> SweepStore:
-        """Open (creating if needed) the store in ``directory``."""
+        """Open (creating if needed) the store in ``directory`` to write; one line for any failure."""
         directory = Path(directory)
+        make_directory(directory)
+        path = directory / DB_NAME
+        existed = path.exists()
+        conn = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise LoradynError(f"--out {str(directory)!r} exists and is not a directory") from None
-        conn = _connect(directory / DB_NAME)
-        _enable_wal(conn)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
-        _check_schema(conn, directory / DB_NAME)
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        return cls(directory / DB_NAME, conn)
+            with store_errors(path):
+                conn = connect_writer(path)
+                if existed:  # a damaged file (truncated, overwritten) is refused before anything is added to it
+                    _quick_check(conn, path)
+                _enable_wal(conn)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(_SCHEMA)
+                _check_schema(conn, path)
+                with transaction(conn):
+                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
+                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return cls(path, conn)
 
     @classmethod
     def open(cls, directory: str | Path) -> SweepStore:
-        """Open an existing store; one line naming the directory if there is none."""
+        """Open an existing store to read (read-only media too); one line naming the directory if
+        there is none, or for a damaged file."""
         directory = Path(directory)
         path = directory / DB_NAME
         if not path.is_file():
             if not directory.exists():
                 raise LoradynError(f"{str(directory)!r} does not exist")
+            if path.is_dir():
+                raise LoradynError(f"{path} is a directory, not a sweep store: remove or rename it")
             raise LoradynError(f"no sweep store in {str(directory)!r} (expected {DB_NAME}; run loradyn sweep first)")
-        conn = _connect(path)
-        _check_schema(conn, path)
+        with store_errors(path):
+            conn = connect_reader(path)
+            try:
+                _check_schema(conn, path)
+            except BaseException:
+                conn.close()
+                raise
         return cls(path, conn)
 
     @property
@@ -183,12 +212,13 @@ class SweepStore:
         self._conn.close()
 
     def reader(self) -> SweepStore:
-        """A second connection to the same database (for another thread)."""
-        return SweepStore(self.path, _connect(self.path))
+        """A second read-write connection to the same database (for another thread)."""
+        return SweepStore(self.path, connect_writer(self.path))
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Rows of a read-only query (for :mod:`loradyn.sweep.tables`)."""
-        return self._conn.execute(sql, params).fetchall()
+        """Rows of a read-only query (for :mod:`loradyn.sweep.tables`); one line for a damaged file."""
+        with store_errors(self.path):
+            return self._conn.execute(sql, params).fetchall()
 
     # ---- metadata ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -243,8 +273,10 @@ class SweepStore:
     def claim(self, owner: str, trial_ids: set[str], lease_seconds: float) -> Claim | None:
         """Atomically take the next pack with claimable trials among ``trial_ids`` (or None).
 
-        Claimable: ``pending``, or ``running`` with an expired lease or a dead owner.
+        Claimable: ``pending``, or ``running`` with an expired lease or a dead owner. The trials are
+        held under a fresh claim token (``Claim.token``) of ``owner``.
         """
+        token = claim_token(owner)
         with transaction(self._conn) as conn:
             now = time.time()
             rows = conn.execute(
@@ -271,27 +303,34 @@ class SweepStore:
                 conn.execute(
                     "UPDATE trials SET status = 'running', lease_owner = ?, lease_expires = ?, "
                     "attempts = attempts + 1, started_at = ? WHERE trial_id = ?",
-                    (owner, now + lease_seconds, now, r[0]),
+                    (token, now + lease_seconds, now, r[0]),
                 )
-        return Claim(pack, tuple(r[0] for r in chosen), tuple(json.loads(r[2]) for r in chosen))
+        return Claim(pack, tuple(r[0] for r in chosen), tuple(json.loads(r[2]) for r in chosen), token)
+
+    # the trials held by ``owner``: under any of its claim tokens (or the bare owner id)
+    _HELD = "status = 'running' AND (lease_owner = ? OR substr(lease_owner, 1, ?) = ?)"
 
     def renew(self, owner: str, lease_seconds: float) -> None:
         """Heartbeat: extend the lease of every trial ``owner`` is running."""
-        self._conn.execute(
-            "UPDATE trials SET lease_expires = ? WHERE lease_owner = ? AND status = 'running'",
-            (time.time() + lease_seconds, owner),
-        )
+        self._conn.execute(f"UPDATE trials SET lease_expires = ? WHERE {self._HELD}",
+                           (time.time() + lease_seconds, owner, len(owner) + 1, owner + "/"))
 
-    def release(self, owner: str) -> None:
-        """Give back trials ``owner`` claimed but did not finish (interrupted run)."""
-        self._conn.execute(
-            "UPDATE trials SET status = 'pending', lease_owner = NULL, lease_expires = NULL "
-            "WHERE lease_owner = ? AND status = 'running'",
-            (owner,),
-        )
+    def release(self, owner: str, trial_ids: Sequence[str] | None = None) -> None:
+        """Give back trials ``owner`` claimed but did not finish (all, or those of ``trial_ids``)."""
+        sql = (f"UPDATE trials SET status = 'pending', lease_owner = NULL, lease_expires = NULL "
+               f"WHERE {self._HELD}")
+        params = (owner, len(owner) + 1, owner + "/")
+        if trial_ids is None:
+            self._conn.execute(sql, params)
+            return
+        with transaction(self._conn) as conn:
+            for tid in trial_ids:
+                conn.execute(sql + " AND trial_id = ?", (*params, tid))
 
-    def complete(self, owner: str, run_id: str, results: Sequence[dict[str, Any]]) -> int:
-        """Write finished trials in one transaction; skips trials whose lease ``owner`` lost.
+    def complete(self, lease: str, run_id: str, results: Sequence[dict[str, Any]]) -> int:
+        """Write finished trials in one transaction, only those still ``running`` under the claim
+        token ``lease`` (``Claim.token``): a result that arrives again, or after another claim
+        took the trial over, is skipped.
 
         Each result: ``trial_id, status, metrics, error, seconds, curves, probes``.
         Returns the number of trials written.
@@ -312,7 +351,7 @@ class SweepStore:
                         now,
                         run_id,
                         res["trial_id"],
-                        owner,
+                        lease,
                     ),
                 )
                 if cur.rowcount != 1:
