@@ -31,6 +31,9 @@ def test_optimal_lr_table_seed_mean_argmin():
     assert table["lr_grid_opt"].tolist() == [2.0**-6, 2.0**-8]
     assert table["log2_lr_opt"].tolist() == pytest.approx([-6.0, -8.0], abs=0.05)
     assert (table["edge"] == "").all()
+    # the seed-bootstrap CI: the seeds differ by a constant only, so every resample finds the same optimum
+    assert table["log2_lr_lo"].tolist() == pytest.approx(table["log2_lr_opt"].tolist(), abs=1e-9)
+    assert table["log2_lr_hi"].tolist() == pytest.approx(table["log2_lr_opt"].tolist(), abs=1e-9)
     maxed = SweepView.from_results(pd.DataFrame(rows).assign(final_loss=lambda d: -d["final_loss"]), mode="max")
     assert optimal_lr_table(maxed)["lr_grid_opt"].tolist() == [2.0**-6, 2.0**-8]
 
@@ -131,6 +134,20 @@ def test_feature_norm_panel_of_a_short_run_has_its_points_and_no_warning(tmp_pat
     assert za_points[0] == 0.0 and za_points[1] > 0  # Init[B]: A = 0; Init[A]: A x > 0
     assert norms["z_b"].get_yscale() == "linear"
     assert [list(line.get_ydata()) for line in norms["z_b"].get_lines()] == [[0.0], [0.0]]
+
+
+def test_report_shows_the_ci_of_each_verdict(tmp_path):
+    run_sweep(sweep_toy.toy_sweep(), tmp_path, executor="serial", quiet=True)
+    (tmp_path / "summary.json").write_text(json.dumps({"verdicts": [
+        {"claim": "slope", "expected": "-0.50 ± 0.15", "measured": "-0.71", "status": "fails", "holds": False,
+         "reason": "", "ci": [-0.84, -0.58]},
+        {"claim": "growth", "expected": "> 1", "measured": "×2", "status": "holds", "holds": True, "reason": "",
+         "ci": None}]}))
+    paths = write_report(tmp_path)
+    md = paths["md"].read_text()
+    assert "| status | claim | expected | measured | 95% CI | reason |" in md
+    assert "| fails | slope | -0.50 ± 0.15 | -0.71 | [-0.84, -0.58] |" in md
+    assert "[-0.84, -0.58]" in paths["html"].read_text()
 
 
 def test_report_keeps_long_verdict_claims_whole(tmp_path):

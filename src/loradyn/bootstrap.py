@@ -258,13 +258,13 @@ class OptimaBootstrap:
 
     def __init__(self, results: pd.DataFrame, by: str | Sequence[str] | None = None, *, lr: str = "optim.lr_a",
                  metric: str = "final_train_loss", mode: Mode = "min", n_resamples: int = N_RESAMPLES,
-                 seed: int = 0, counts: np.ndarray | None = None) -> None:
+                 seed: int = 0, counts: np.ndarray | None = None, refine: bool | str = True) -> None:
         self.curves = SeedCurves.from_table(results, by, lr=lr, metric=metric, mode=mode)
         n = self.curves.n_seeds
         if counts is not None and np.shape(counts)[1] != n:
             raise LoradynError(f"shared resample counts are for {np.shape(counts)[1]} seeds, this table has {n}")
         self.counts = resample_counts(n, n_resamples, seed) if counts is None else counts
-        self.reps, self.edge = self.curves.optima(self.counts)
+        self.reps, self.edge = self.curves.optima(self.counts, refine=refine)
         self.few = seeds_ci_reason(n)
 
     def ci(self, replicates: np.ndarray) -> tuple[float, float]:

@@ -2,7 +2,8 @@
 
 For every sweep store at or below ``DIR`` (one sweep, or ``reproduce all``'s experiment folders)
 the report shows: the status counts; the final metric vs learning rate per init with seed bands;
-the optimal learning rate per init (seed-mean argmin, refined by a parabola in log2(lr));
+the optimal learning rate per init (seed-mean argmin, refined by a quadratic over the near-optimal
+band in log2(lr), with its seed-bootstrap CI);
 lr_a x lr_b heatmaps when the sweep varies ``optim.lr_ratio`` or ``optim.lr_b``; Z_A/Z_B curves
 from the probe records; the verdict table from ``summary.json``; and the experiment's own PNG
 figures. ``report.md`` references the same figures saved under ``DIR/report_files/``.
@@ -59,10 +60,17 @@ def _verdict_blocks(summary_path: Path) -> list[Block]:
     table = pd.DataFrame(verdicts)
     if "status" not in table:  # a summary written before verdicts had three values
         table["status"] = table["holds"].map(lambda v: "holds" if v else "fails")
-    table = table[[c for c in ("status", "claim", "expected", "measured", "reason") if c in table]]
+    if "ci" in table:  # the 95 % seed-bootstrap CI of the statistic a verdict was decided on
+        from .verdicts import fmt_ci
+
+        table["ci"] = table["ci"].map(lambda ci: fmt_ci(ci) if isinstance(ci, list) else "")
+        table = table.rename(columns={"ci": "95% CI"})
+    table = table[[c for c in ("status", "claim", "expected", "measured", "95% CI", "reason") if c in table]]
     counts = table["status"].value_counts()
     text = (f"{len(table)} claims: {counts.get('holds', 0)} hold, {counts.get('fails', 0)} fail, "
-            f"{counts.get('undecided', 0)} undecided (the data cannot decide them; the reason column says why).")
+            f"{counts.get('undecided', 0)} undecided (the data cannot decide them; the reason column says why). "
+            "A claim with a 95 % CI holds when its prediction lies inside the CI and the CI is within the "
+            "tolerance, fails when the prediction lies outside it.")
     return [("h3", "Verdicts"), ("p", text), ("table", table)]
 
 
@@ -92,7 +100,8 @@ def _best_vs_best_blocks(view: figures.SweepView) -> list[Block]:
 def _verdict_frame(verdicts) -> Any:
     import pandas as pd
 
-    return pd.DataFrame([{k: v for k, v in d.to_dict().items() if k != "holds"} for d in verdicts])
+    return pd.DataFrame([{k: v for k, v in d.to_dict().items() if k != "holds" and not (k == "ci" and v is None)}
+                         for d in verdicts])
 
 
 def analysis_tables(directory: str | Path) -> list[tuple[str, Any]]:
@@ -175,8 +184,9 @@ def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block
         if not best.empty:
             blocks += [("h3", "Optimal learning rate"),
                        ("p", f"Seed-mean {view.mode} of {view.metric} on the grid (lr_grid_opt); lr_opt is "
-                        "refined by a parabola through the neighbours in log2(lr); edge marks an optimum "
-                        "at the end of the grid (or next to a diverged learning rate)."),
+                        "refined by a quadratic in log2(lr) over the near-optimal band; log2_lr_lo and "
+                        "log2_lr_hi are its 95 % seed-bootstrap CI; edge marks an optimum at the end of "
+                        "the grid (or next to a diverged learning rate)."),
                        ("table", best)]
     if view.lr == "optim.lr_a":
         blocks += _best_vs_best_blocks(view)

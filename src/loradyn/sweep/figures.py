@@ -100,19 +100,29 @@ def _label(cols: list[str], key: tuple) -> str:
 
 def optimal_lr_table(view: SweepView) -> pd.DataFrame:
     """Per facet and series: the optimal learning rate of the seed-mean metric
-    (:func:`loradyn.analysis.optimal_lr`; refined by a parabola when lower is better).
+    (:func:`loradyn.analysis.optimal_lr`; refined by the quadratic over the near-optimal band when
+    lower is better), with its 95 % seed-bootstrap CI (:mod:`loradyn.bootstrap`, 1000 resamples).
 
-    Columns: facet and series columns, ``lr_grid_opt``, ``lr_opt``, ``log2_lr_opt``, the metric's
-    best seed mean (named after the metric), its seed std, ``n_seeds``, ``edge``.
+    Columns: facet and series columns, ``lr_grid_opt``, ``lr_opt``, ``log2_lr_opt``, ``log2_lr_lo``,
+    ``log2_lr_hi`` (the CI; empty below two seeds), the metric's best seed mean (named after the
+    metric), its seed std, ``n_seeds``, ``edge``.
     """
     if view.lr is None or view.metric is None:
         return pd.DataFrame()
     from ..analysis import optimal_lr
 
     by = view.facets + view.series
-    table = optimal_lr(view.df, by, lr=view.lr, metric=view.metric, mode=view.mode, refine=view.mode == "min")
+    refine = view.mode == "min"
+    table = optimal_lr(view.df, by, lr=view.lr, metric=view.metric, mode=view.mode, refine=refine)
+    table["log2_lr_lo"] = table["log2_lr_hi"] = float("nan")
+    if "seed" in view.df and view.df["seed"].nunique() >= 2 and len(table):
+        from ..bootstrap import OptimaBootstrap
+
+        OptimaBootstrap(view.df, by, lr=view.lr, metric=view.metric, mode=view.mode, n_resamples=1000,
+                        refine=refine).add_cis(table)
     table = table.rename(columns={"metric_opt": view.metric, "metric_opt_std": f"{view.metric}_std"})
-    return table[[*by, "lr_grid_opt", "lr_opt", "log2_lr_opt", view.metric, f"{view.metric}_std", "n_seeds", "edge"]]
+    return table[[*by, "lr_grid_opt", "lr_opt", "log2_lr_opt", "log2_lr_lo", "log2_lr_hi", view.metric,
+                  f"{view.metric}_std", "n_seeds", "edge"]]
 
 
 def best_pair_table(view: SweepView) -> pd.DataFrame:
