@@ -115,7 +115,7 @@ def test_reproduce_real_writes_results_summary_and_figure(tmp_path, monkeypatch)
     assert {"experiment", "lora.init", "optim.lr_a", "optim.lr_ratio", "seed", "val_accuracy", "test_accuracy"} <= set(df.columns)
 
 
-def test_gsm_init_reports_val_loss_as_an_uncounted_secondary(tmp_path, monkeypatch):
+def test_gsm_init_ranks_by_val_loss_and_reports_exact_match_as_an_uncounted_secondary(tmp_path, monkeypatch):
     _tasks_installed()
     from loradyn.cli import _verdicts
 
@@ -126,12 +126,31 @@ def test_gsm_init_reports_val_loss_as_an_uncounted_secondary(tmp_path, monkeypat
                    "task.max_new_tokens=8", "train.steps=2", "optim.lr_a=[0.001,0.01]"],
     )
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
-    second = saved["secondary"]
-    assert second["metric"] == "val_loss" and second["mode"] == "min" and len(second["verdicts"]) == 2
-    for column in second["columns"]:  # the optimum is the lr with the lowest seed-mean val_loss
+    assert saved["metric"] == "val_loss" and saved["mode"] == "min"
+    for column in saved["columns"]:  # the optimum is the lr with the lowest seed-mean val_loss
         assert column["best_val_loss"] == min(v for v in column["curve"].values() if v is not None)
+    second = saved["secondary"]
+    assert second["metric"] == "val_exact_match" and second["mode"] == "max" and len(second["verdicts"]) == 2
     assert len(_verdicts(saved)) == 2  # the secondary verdicts are not counted
-    assert "Secondary metric `val_loss`" in results_markdown(tmp_path / "out")
+    assert "Secondary metric `val_exact_match`" in results_markdown(tmp_path / "out")
+
+
+def test_a_ratio_with_its_own_lr_grid_runs_as_its_own_sweep(tmp_path):
+    _tasks_installed()
+    out = tmp_path / "out"
+    reproduce(
+        "sentiment-init", out=out, quick=True, seeds=1, executor="serial", quiet=True,
+        overrides=["task.model=tiny-bert", "task.n_train=32", "task.n_val=8", "task.n_test=8", "train.steps=2",
+                   "experiment.lr_log2=[-10,-9,1]", "experiment.lr_ratios=[1,4]",
+                   "experiment.lr_log2_by_ratio={4: [-13, -12, 1]}", "experiment.inits=[A]"],
+    )
+    df = pd.read_csv(out / "results.csv")
+    grids = {r: sorted(g["optim.lr_a"].unique()) for r, g in df.groupby("optim.lr_ratio")}
+    assert grids == {1.0: [2.0 ** -10, 2.0 ** -9], 4.0: [2.0 ** -13, 2.0 ** -12]}
+    assert (out / "sweep").is_dir() and (out / "sweep-ratio4").is_dir()
+    with pytest.raises(LoradynError, match="lr_log2_by_ratio names ratios .*add them there or drop them"):
+        reproduce("sentiment-init", out=tmp_path / "bad", quick=True, seeds=1, executor="serial", quiet=True,
+                  overrides=["task.model=tiny-bert", "experiment.lr_log2_by_ratio={8: [-13, -12, 1]}"])
 
 
 def test_reproduce_real_bad_input_before_training(tmp_path):

@@ -1,4 +1,4 @@
-"""``gsm-init``: Init[A] vs Init[B] with SmolLM2-135M on reasoning-gym maths, by exact match."""
+"""``gsm-init``: Init[A] vs Init[B] with SmolLM2-135M on reasoning-gym maths, by answer-token loss."""
 
 from ._presets import SMOL_LORA
 from .init_compare import Metric, Params, init_experiment
@@ -11,7 +11,7 @@ FULL = Params(
           "lora": SMOL_LORA, "optim": {"name": "adamw"},
           "train": {"steps": 80, "batch_size": 8, "eval_batch_size": 16, "warmup_steps": 8,
                     "bf16": True, "max_pack": 1, "probe_every": 20}},
-    lr_log2=(-13, -9, 2), lr_ratios=(1.0,), seeds=3,
+    lr_log2=(-13, -7, 2), lr_ratios=(1.0,), seeds=3,
 )
 QUICK = Params(
     base={"task": {"kind": "gsm", "dataset": "chain_sum", "n_train": 400, "n_val": 24, "n_test": 24,
@@ -21,11 +21,13 @@ QUICK = Params(
     lr_log2=(-11, -7, 2), lr_ratios=(1.0,), seeds=1,
 )
 
-# a 135M model solves ~0-3 % of gsm_symbolic after 80 steps, so exact match barely moves: the
-# answer-token loss is analysed too and reported next to the verdicts (not counted).
+# a 135M model solves ~0-3 % of gsm_symbolic after 80 steps (exact match 0-2 of 64 problems in
+# every trial of the earlier full grid), so exact match cannot rank learning rates: the verdicts
+# read the validation answer-token loss, and exact match is analysed and reported next to them
+# (not counted). The grid reaches 2^-7, where seed 0's loss optimum sat in an earlier run.
 EXPERIMENT = init_experiment(
     "gsm-init",
-    "SmolLM2-135M on grade-school maths: Init[A]'s optimal lr is larger and its exact match as good (2406.08447)",
-    metric=Metric("val_exact_match", "max", "test_exact_match"), tiebreak="val_loss",
-    secondary=Metric("val_loss", "min", "test_loss"), quick=QUICK, full=FULL, order=140,
+    "SmolLM2-135M on grade-school maths: Init[A]'s optimal lr is larger and its answer-token loss as low (2406.08447)",
+    metric=Metric("val_loss", "min", "test_loss"),
+    secondary=Metric("val_exact_match", "max", "test_exact_match"), quick=QUICK, full=FULL, order=140,
 )

@@ -32,7 +32,7 @@ from .framework import (
 )
 from .grids import run_grid
 
-__all__ = ["Metric", "Params", "analyse", "init_experiment", "results_markdown", "sweep_spec"]
+__all__ = ["Metric", "Params", "analyse", "init_experiment", "results_markdown", "sweep_specs"]
 
 INIT, RATIO, LR = "lora.init", "optim.lr_ratio", "optim.lr_a"
 _KEYS = [INIT, RATIO, LR]
@@ -46,6 +46,9 @@ class Params:
         base: the base trial configuration (without seed; ``task.kind`` names the task).
         lr_log2: the ``optim.lr_a`` grid as ``[lo, hi, step]`` in log2.
         lr_ratios: the LoRA+ ratios (1 = plain LoRA; the verdicts read that column).
+        lr_log2_by_ratio: an ``optim.lr_a`` grid of its own for some ratios (``{16: [-16, -10, 1]}``):
+            LoRA+ moves the optimal ``lr_a`` down by about log2(ratio)/2 octaves, so one shared grid
+            puts its optimum on an edge. Such a ratio runs as its own sweep (``OUT/sweep-ratio<r>``).
         inits: the init schemes.
         seeds: seeds per grid point.
     """
@@ -55,6 +58,20 @@ class Params:
     lr_ratios: tuple[float, ...] = (1.0, 16.0)
     inits: tuple[str, ...] = ("A", "B")
     seeds: int = 3
+    lr_log2_by_ratio: dict[float, tuple[float, float, float]] = field(default_factory=dict)
+
+    def grids(self) -> list[tuple[tuple[float, ...], tuple[float, float, float], bool]]:
+        """``(ratios, lr_log2, own)`` of each sweep: the shared grid first, then one per ratio with
+        a grid of its own (``own`` true)."""
+        own = {float(r): tuple(g) for r, g in self.lr_log2_by_ratio.items()}
+        unknown = sorted(set(own) - {float(r) for r in self.lr_ratios})
+        if unknown:
+            from ..errors import SpecError
+
+            raise SpecError(f"experiment.lr_log2_by_ratio names ratios {unknown} that are not in "
+                            f"experiment.lr_ratios {list(self.lr_ratios)}: add them there or drop them")
+        shared = tuple(r for r in self.lr_ratios if float(r) not in own)
+        return ([(shared, tuple(self.lr_log2), False)] if shared else []) + [((r,), g, True) for r, g in own.items()]
 
 
 @dataclass(frozen=True)
@@ -66,16 +83,19 @@ class Metric:
     test: str
 
 
-def sweep_spec(experiment_id: str, p: Params, metric: Metric, quick: bool) -> dict[str, Any]:
-    """The sweep of an init comparison (plain dict, :mod:`loradyn.sweep.spec` format)."""
-    return {
-        "name": experiment_id + ("-quick" if quick else ""),
-        "metric": metric.name,
-        "mode": metric.mode,
-        "base": p.base,
-        "grid": {LR: {"log2": list(p.lr_log2)}, RATIO: list(p.lr_ratios), INIT: list(p.inits)},
-        "seeds": p.seeds,
-    }
+def sweep_specs(experiment_id: str, p: Params, metric: Metric, quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The sweeps of an init comparison: ``(directory name, spec)`` pairs (plain dicts,
+    :mod:`loradyn.sweep.spec` format); one sweep unless some ratio has its own lr grid."""
+    name = experiment_id + ("-quick" if quick else "")
+    out = []
+    for ratios, lr_log2, own in p.grids():
+        suffix = f"-ratio{ratios[0]:g}" if own else ""
+        out.append(("sweep" + suffix, {
+            "name": name + suffix, "metric": metric.name, "mode": metric.mode, "base": p.base,
+            "grid": {LR: {"log2": list(lr_log2)}, RATIO: list(ratios), INIT: list(p.inits)},
+            "seeds": p.seeds,
+        }))
+    return out
 
 
 def _finite(value: Any) -> float | None:
@@ -106,11 +126,11 @@ def analyse(df: pd.DataFrame, metric: Metric, tiebreak: str | None = None) -> di
             "verdicts": init_verdicts(rows, metric.name, metric.mode)}
 
 
-def _add_feature_norms(analysis: dict[str, Any], sweep_dir: Path, df: pd.DataFrame) -> None:
+def _add_feature_norms(analysis: dict[str, Any], sweep_dirs: list[Path], df: pd.DataFrame) -> None:
     """Seed/layer-mean rms of Z_A and Z_B at the last probed step, for each column's optimal lr."""
     from ..sweep import load_probes
 
-    probes = load_probes(sweep_dir, with_config=False)
+    probes = pd.concat([load_probes(d, with_config=False) for d in sweep_dirs], ignore_index=True)
     if probes.empty:
         return
     probes = probes[(probes["stat"] == "rms") & probes["feature"].isin(["z_a", "z_b"])]
@@ -126,12 +146,12 @@ def _add_feature_norms(analysis: dict[str, Any], sweep_dir: Path, df: pd.DataFra
 
 def _run(ctx: Context, *, metric: Metric, tiebreak: str | None, secondary: Metric | None) -> Outcome:
     p = ctx.params
-    spec = sweep_spec(ctx.experiment, p, metric, ctx.quick)
-    df = run_grid(ctx, spec["name"], spec["base"], spec["grid"], p.seeds, directory=ctx.out / "sweep",
-                  metric=metric.name, mode=metric.mode)
-    results = results_frame([df], ctx.experiment)
+    specs = sweep_specs(ctx.experiment, p, metric, ctx.quick)
+    frames = [run_grid(ctx, spec["name"], spec["base"], spec["grid"], p.seeds, directory=ctx.out / directory,
+                       metric=metric.name, mode=metric.mode) for directory, spec in specs]
+    results = results_frame(frames, ctx.experiment)
     main = analyse(results, metric, tiebreak)
-    _add_feature_norms(main, ctx.out / "sweep", results)
+    _add_feature_norms(main, [ctx.out / directory for directory, _ in specs], results)
     summary: dict[str, Any] = {k: v for k, v in main.items() if k != "verdicts"}
     if secondary is not None:
         second = analyse(results, secondary)
