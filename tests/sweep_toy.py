@@ -9,7 +9,7 @@ tests: ``sleep`` (seconds per trial), ``fail_lr_above`` (that trial raises -> ``
 first trial started, once per sweep).
 
 Subprocesses find it with ``PYTHONPATH=tests LORADYN_TASK_MODULES=sweep_toy`` (see
-:func:`subprocess_env`); if ``LORADYN_TOY_LOG`` is set, every execution appends
+:func:`subprocess_env`); if ``LORADYN_TOY_LOG`` (or ``task.log``) is set, every execution appends
 ``<trial_id> <pid> <ray node id or ->`` to that file.
 """
 
@@ -43,6 +43,7 @@ class ToyTaskSpec:
     crash_pack_lr_above: float | None = None
     exit_lr_above: float | None = None  # the worker process dies (os._exit) on such a pack
     die_once: str | None = None  # flag file: the first pack to create it SIGKILLs its process mid-pack
+    log: str | None = None  # like LORADYN_TOY_LOG, for processes that do not share the driver's environment
     pack_size: int = 4
     probes: bool = False
 
@@ -124,7 +125,7 @@ def run_pack(configs):
     exit_above = configs[0].task.exit_lr_above
     if exit_above is not None and any(c.optim.lr_a > exit_above for c in configs):
         os._exit(3)
-    log = os.environ.get("LORADYN_TOY_LOG")
+    log = configs[0].task.log or os.environ.get("LORADYN_TOY_LOG")
     out = []
     for i, cfg in enumerate(configs):
         if log:

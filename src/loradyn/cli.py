@@ -368,8 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.verb](args)
     except LoradynError as err:
         return _error(err)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
-        return _error(f"{err.strerror or err}: {err.filename}" if err.filename else err)
     except KeyboardInterrupt:
         print("loradyn: interrupted (re-run the same command to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
