@@ -162,9 +162,9 @@ def _quick(argv: list[str]) -> tuple[list[str], set[int]]:
         else:
             extra += TINY_REAL
         return argv + extra, {0, 1}  # 1: a verdict failed in a tiny run
-    if verb in ("sweep", "validate"):
+    if verb in ("sweep", "validate", "tune"):
         extra = TINY_SWEEP.get(Path(argv[1]).name, [])
-        return argv + extra + (["--executor", "serial", "--quiet"] if verb == "sweep" else []), {0}
+        return argv + extra + (["--executor", "serial", "--quiet"] if verb != "validate" else []), {0}
     if verb == "demo":
         return argv + ["--executor", "serial", "--quiet"], {0}
     return argv, {0}

@@ -211,3 +211,14 @@ def test_more_bad_input_is_one_line(spec_path, tmp_path, capsys, argv, match):
 def test_help(capsys):
     assert main(["tune", "--help"]) == 0
     assert "usage: loradyn tune" in capsys.readouterr().out
+
+
+def test_lora_to_full_finetuning_target(tmp_path):
+    out = tmp_path / "fft"
+    result = loradyn.tune(spec(), out=out, proxy=["lora.rank=2", "lora.init=B"],
+                          target=["lora.method=full", "lora.init=B"], executor="serial", quiet=True, prune=False)
+    rec = result.recommendation
+    assert rec["transfer"]["target_method"] == "full" and rec["transfer"]["rules"][0]["step"] == "LoRA -> full finetuning"
+    assert rec["transferred_lr_a"] == rec["proxy"]["optimum"]["lr_a"]  # μA: the same lr
+    assert rec["peft"]["lora_config"] is None and "get_peft_model" not in (out / "peft_snippet.py").read_text()
+    assert {t["optim.lr_a"] for t in rec["confirm"]["trials"]} == {rec["transferred_lr_a"] * m for m in (0.5, 1, 2)}

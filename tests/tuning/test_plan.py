@@ -162,3 +162,27 @@ def test_width_flag_and_full_finetuning_target():
         make_plan(synthetic(), proxy=["lora.rank=2"], width=(64, 0))
     plan = make_plan(synthetic(), proxy=["lora.rank=2", "lora.init=B"], target=["lora.method=full", "lora.init=B"])
     assert plan.target_method == "full" and plan.rank is None and plan.proxy_multiplier == 1.0
+
+
+def test_width_is_read_from_two_model_folders(tmp_path):
+    import json
+
+    for name, hidden in (("small", 32), ("big", 128)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"hidden_size": hidden}))
+    spec = classify()
+    spec["base"]["task"]["model"] = str(tmp_path / "big")
+    plan = make_plan(spec, proxy=["lora.rank=4", f"task.model={tmp_path / 'small'}"])
+    assert plan.width == (32, 128) and plan.rank == (4, 64)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text("{}")
+    with pytest.raises(SpecError, match="names no hidden_size.*--width"):
+        make_plan(spec, proxy=[f"task.model={tmp_path / 'odd'}"])
+
+
+def test_full_finetuning_target_needs_an_init_b_alpha_one_proxy():
+    with pytest.raises(SpecError, match="full-finetuning target needs an Init\\[B\\] proxy"):
+        make_plan(synthetic(), proxy=["lora.rank=2"], target=["lora.method=full"])  # Init[A]
+    with pytest.raises(SpecError, match="multiplier alpha/r = 1"):
+        make_plan(synthetic(), proxy=["lora.rank=2", "lora.init=B", "lora.alpha_rule=1/r"],
+                  target=["lora.method=full", "lora.init=B", "lora.alpha_rule=1/r"])

@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Transfer", "TuneResult", "transfer", "tune"]
+__all__ = ["Transfer", "TuneResult", "tune"]  # the transfer function: loradyn.tuning.transfer.transfer
 
-_OWNERS = {"tune": "api", "TuneResult": "api", "transfer": "transfer", "Transfer": "transfer"}
+_OWNERS = {"tune": "api", "TuneResult": "api", "Transfer": "transfer"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: ``loradyn --help`` does not import pandas through here

@@ -217,7 +217,9 @@ def _finish(plan: TunePlan, out: Path, found: ProxyOutcome, moved: Transfer, dec
         "confirm": {"multipliers": list(MULTIPLIERS), "trials": confirm_rows.to_dict("records"),
                     "points": decision.points.to_dict("records"), "status": decision.status,
                     "reason": decision.reason, "next_lr_a": decision.next_lr_a, "verdict": decision.verdict},
-        "notes": list(plan.notes),
+        "notes": list(plan.notes) + ([f"the proxy's optimum is on its grid edge ({best['edge']}) after extending the "
+                                      "grid: the transfer starts from a bound, not an optimum"]
+                                     if best["edge"] in ("low", "high") else []),
         "machine": platform.processor() or platform.machine(), "date": datetime.date.today().isoformat(),
         "timestamp": time.time(),
     }

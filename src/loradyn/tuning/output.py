@@ -62,8 +62,7 @@ def compute_summary(plan: TunePlan, proxy: pd.DataFrame, confirm: pd.DataFrame, 
     }
 
 
-def evidence_table(plan: TunePlan, proxy: pd.DataFrame, confirm: pd.DataFrame, transferred: float,
-                   pruned: set[tuple] | None = None) -> pd.DataFrame:
+def evidence_table(plan: TunePlan, proxy: pd.DataFrame, confirm: pd.DataFrame, transferred: float) -> pd.DataFrame:
     """One row per proxy and confirmation trial: stage, configuration, seed, status, metric, seconds."""
     cols = ["trial_id", "lora.init", "optim.lr_ratio", "optim.lr_a", "optim.lr_b", "lora.rank", "lora.alpha",
             "lora.rslora", "lora.alpha_rule", "lora.method", "task.width", "task.model", "train.steps", "seed",

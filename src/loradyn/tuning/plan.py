@@ -352,6 +352,10 @@ def make_plan(spec: Any, *, proxy: Sequence[str] = (), target: Sequence[str] = (
                             "finetuning")
         if method == "full":
             rank = None
+            if any(str(i) != "B" for i in inits) or multiplier is None or not math.isclose(multiplier, 1.0):
+                raise SpecError("a full-finetuning target needs an Init[B] proxy with multiplier alpha/r = 1 (μA's "
+                                "transfer, arXiv 2602.06204): --proxy lora.init=B and lora.alpha = lora.rank "
+                                "(or lora.alpha_rule=1)")
         else:
             rule = read_alpha_rule(proxy_cfg, target_cfg, rank, alpha_rule)
     if picked:
