@@ -222,3 +222,10 @@ def test_lora_to_full_finetuning_target(tmp_path):
     assert rec["transferred_lr_a"] == rec["proxy"]["optimum"]["lr_a"]  # μA: the same lr
     assert rec["peft"]["lora_config"] is None and "get_peft_model" not in (out / "peft_snippet.py").read_text()
     assert {t["optim.lr_a"] for t in rec["confirm"]["trials"]} == {rec["transferred_lr_a"] * m for m in (0.5, 1, 2)}
+
+
+def test_a_bad_target_fails_before_the_proxy_trains(spec_path, tmp_path, capsys):
+    out = tmp_path / "dev"
+    assert main(["tune", str(spec_path), "--proxy", "lora.rank=2", "--target", "train.device=cuda:7", "--out",
+                 str(out), "--quiet"]) == 2
+    assert "train.device=cuda" in one_line(capsys) and not (out / "proxy").exists()

@@ -132,6 +132,7 @@ def tune(spec: Any, *, out: str | Path, proxy: Sequence[str] = (), target: Seque
                      width=width, budget=budget)
     if plan.equal:
         return _plain_sweep(plan, out, executor, workers, quiet)
+    _validate_target(plan)
     spent = _Budget(plan)
     run = _runner(executor, workers, quiet, spent)
     _say(quiet, f"proxy {' '.join(plan.proxy_overrides) or '(the spec)'}: {plan.n_points} points "
@@ -156,6 +157,16 @@ def tune(spec: Any, *, out: str | Path, proxy: Sequence[str] = (), target: Seque
     return _finish(plan, out, found, moved, decision, conf_df, init, ratio, quiet, {
         "search": search, "prune": prune, "reduction_factor": reduction_factor, "seed": seed,
         "overrides": list(overrides), "spec": str(spec) if isinstance(spec, (str, Path)) else plan.name})
+
+
+def _validate_target(plan: TunePlan) -> None:
+    """The target's inputs (data, model, device) are checked before the proxy trains (the proxy's are
+    checked by its first sweep), so a bad target fails at once, in one line."""
+    from ..tasks.registry import get_task
+
+    task = get_task(plan.kind)
+    if task.validate is not None:
+        task.validate(task.build(point_config(plan.target, plan.inits[0], plan.ratios[0], plan.lrs[0])))
 
 
 def _target_seconds(plan: TunePlan, found: ProxyOutcome, spent: _Budget) -> float:
