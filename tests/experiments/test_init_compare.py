@@ -105,7 +105,8 @@ def test_reproduce_real_writes_results_summary_and_figure(tmp_path, monkeypatch)
     saved = json.loads((out / "summary.json").read_text())
     assert [v["claim"] for v in saved["verdicts"]] == [v["claim"] for v in summary["verdicts"]]
     assert len(saved["verdicts"]) == 2
-    assert all(set(v) == {"claim", "expected", "measured", "status", "holds", "reason"} for v in saved["verdicts"])
+    assert all(set(v) == {"claim", "expected", "measured", "status", "holds", "reason", "ci"} and v["ci"] is None
+               for v in saved["verdicts"])
     assert {v["status"] for v in saved["verdicts"]} == {"undecided"}  # one seed cannot decide
     assert all("too few for a spread" in v["reason"] for v in saved["verdicts"])
     assert saved["n_trials"] == 4 and saved["status_counts"] == {"done": 4}
