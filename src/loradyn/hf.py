@@ -22,6 +22,9 @@
   see the keys. At every save and at the end of training the per-layer table is written
   atomically to ``<output_dir>/feature_norms.csv`` (or ``.parquet``). Forward passes of
   evaluations that run inside training are recorded with the current step.
+* **Alarm**: :func:`setup` adds :class:`loradyn.hf_alarm.AlarmCallback` (``alarm=True``): when the
+  instability alarm (:mod:`loradyn.alarm`) fires it logs one line naming the layer, the feature and
+  the likely fix, and with ``stop_on_alarm=True`` it stops training.
 * **Checkpoints** of a model prepared with :func:`loradyn.apply_lora` are adapter-only, as PEFT
   models get: ``adapter_config.json`` + ``adapter_model.safetensors`` (:func:`loradyn.save_adapter`,
   ``modules_to_save`` included) next to Trainer's optimizer/scheduler/state files, so
@@ -326,7 +329,8 @@ def enable_probes(trainer: Trainer, *, every: int = 1, stats=("rms", "l2"), **kw
 
 
 def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 16.0, probes: bool | int = True,
-          seed: int = 0, adapter_checkpoints: bool = True, **init_kwargs: Any) -> FeatureNormCallback | None:
+          seed: int = 0, adapter_checkpoints: bool = True, alarm: Any = True, stop_on_alarm: bool = False,
+          **init_kwargs: Any) -> FeatureNormCallback | None:
     """Init[A]/Init[B], LoRA+, probes and adapter-only checkpoints on an existing Trainer, in one call.
 
     Args:
@@ -339,10 +343,14 @@ def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 
         seed: the init seed.
         adapter_checkpoints: for :func:`loradyn.apply_lora` models, save and resume adapter-only
             checkpoints (:func:`enable_adapter_checkpoints`); PEFT models are unaffected.
+        alarm: the instability alarm (:class:`loradyn.hf_alarm.AlarmCallback`): ``True`` (default
+            thresholds), an :class:`loradyn.alarm.AlarmSpec` or a mapping of its fields, or
+            ``False``. It logs one line naming the layer, the feature and the likely fix.
+        stop_on_alarm: also stop training when the alarm fires (``control.should_training_stop``).
         **init_kwargs: ``std_a``, ``std_b``, ``distribution`` for ``init_lora_``.
 
     Returns:
-        The probe callback (or None).
+        The probe callback (or None). The alarm callback is ``trainer.loradyn_alarm`` (None when off).
     """
     if init is not None:
         init_lora_(trainer.model, init, generator=seed, **init_kwargs)
@@ -350,6 +358,11 @@ def setup(trainer: Trainer, *, init: str | None = "A", lr_ratio: float | None = 
         enable_loraplus(trainer, lr_ratio=lr_ratio)
     if adapter_checkpoints:
         enable_adapter_checkpoints(trainer)
+    trainer.loradyn_alarm = None
+    if alarm is not False and alarm is not None:
+        from .hf_alarm import enable_alarm
+
+        trainer.loradyn_alarm = enable_alarm(trainer, alarm, stop=stop_on_alarm, init=init, lr_ratio=lr_ratio)
     if probes:
         return enable_probes(trainer, every=1 if probes is True else int(probes))
     return None

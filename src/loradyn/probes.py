@@ -5,7 +5,9 @@ For a LoRA pair with input ``x`` (after LoRA dropout), arXiv 2406.08447 tracks
 * ``z_a = A x`` (r-dim internal features; they grow ``∝ n^1/2`` under Init[A] with ``lr ∝ n^-1/2``,
   the paper's "internal instability"),
 * ``z_b = B z_a`` (out-dim, before scaling),
-* ``lora_out = scaling * z_b`` (what the adapter adds to the base layer's output).
+* ``lora_out = scaling * z_b`` (what the adapter adds to the base layer's output),
+* ``x``, the adapter's input itself, only with ``inputs=True`` (the alarm's scale for ``lora_out``,
+  :mod:`loradyn.alarm`; embedding adapters have none).
 
 :class:`FeatureNormProbe` hooks every LoRA pair that :func:`loradyn.discover.iter_lora_layers`
 finds (loradyn's own layers and PEFT layers, every adapter) and records, per training step, the
@@ -119,13 +121,16 @@ class FeatureNormProbe:
         model: a model with loradyn or PEFT LoRA layers.
         every: record every ``every``-th step (step numbers start at 0).
         stats: norms to record, any of ``"rms"``, ``"l2"``, ``"l1"``, ``"max"``.
+        inputs: also record feature ``x``, the norms of each linear adapter's input (one more
+            read of the input per recorded call).
 
     Raises:
         LoradynError: for an unknown stat, ``every < 1``, or a model without LoRA layers.
     """
 
     def __init__(
-        self, model: nn.Module, *, every: int = 1, stats: str | Sequence[str] = ("rms", "l2")
+        self, model: nn.Module, *, every: int = 1, stats: str | Sequence[str] = ("rms", "l2"),
+        inputs: bool = False,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise LoradynError(f"every must be an integer >= 1, got {every!r}")
@@ -136,6 +141,8 @@ class FeatureNormProbe:
         self.stats = _check_stats(stats)
         self._base = tuple(dict.fromkeys(_BASE_OF[s] for s in self.stats))  # norms to compute
         self._needs_z_b = "l1" in self._base or "max" in self._base  # these materialise z_b
+        self.inputs = bool(inputs)
+        self.features = (*FEATURES, "x") if self.inputs else FEATURES
         self.current_step = 0
         self._rows: list[tuple[int, str, str, str, float]] = []
         self._sites: list[_Site] = []
@@ -209,8 +216,8 @@ class FeatureNormProbe:
         def hook(module: nn.Module, args: tuple, z_a: torch.Tensor) -> None:
             if self.recording and isinstance(z_a, torch.Tensor):
                 with torch.no_grad():
-                    z_a = z_a.detach()
-                    self._accumulate(site, z_a)
+                    x = args[0].detach() if self.inputs and args and isinstance(args[0], torch.Tensor) else None
+                    self._accumulate(site, z_a.detach(), x)
 
         return hook
 
@@ -218,8 +225,9 @@ class FeatureNormProbe:
         def hook(module: nn.Module, args: tuple) -> None:
             if self.recording and args and isinstance(args[0], torch.Tensor):
                 with torch.no_grad():
-                    z_a = F.linear(args[0].detach(), site.handle.lora_A.detach())
-                    self._accumulate(site, z_a)
+                    x = args[0].detach()
+                    z_a = F.linear(x, site.handle.lora_A.detach())
+                    self._accumulate(site, z_a, x if self.inputs else None)
 
         return hook
 
@@ -236,8 +244,9 @@ class FeatureNormProbe:
 
         return hook
 
-    def _accumulate(self, site: _Site, z_a: torch.Tensor) -> None:
-        """Add this call's sums of per-vector norms of z_a and z_b = B z_a (no_grad, detached)."""
+    def _accumulate(self, site: _Site, z_a: torch.Tensor, x: torch.Tensor | None = None) -> None:
+        """Add this call's sums of per-vector norms of z_a, z_b = B z_a and (``inputs``) x
+        (no_grad, detached)."""
         B = site.handle.lora_B.detach()
         z_a = z_a.reshape(-1, z_a.shape[-1])
         # z_a is (N, r) with r small: its float64 copy is cheap and makes the sums exact enough
@@ -264,14 +273,25 @@ class FeatureNormProbe:
             if "max" in self._base:
                 sums_a["max"] = abs_a.amax(-1).sum()
                 sums_b["max"] = abs_b.amax(-1).sum().to(torch.float64)
-        part = torch.stack(
-            [
-                torch.stack([sums_a[b] for b in self._base]),
-                torch.stack([sums_b[b] for b in self._base]),
-            ]
-        )
+        rows = [torch.stack([sums_a[b] for b in self._base]), torch.stack([sums_b[b] for b in self._base])]
+        if self.inputs:  # NaN (not recorded) for adapters without an input vector (embeddings)
+            rows.append(self._input_sums(x) if x is not None else torch.full_like(rows[0], math.nan))
+        part = torch.stack(rows)
         site.acc = part if site.acc is None else site.acc + part
         site.count += z_a.shape[0]
+
+    def _input_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """Sums over vectors of the base norms of the input x (float64 accumulation)."""
+        x = x.reshape(-1, x.shape[-1])
+        out = []
+        for base in self._base:
+            if base == "l2":
+                out.append(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64).sum())
+            elif base == "l1":
+                out.append(x.abs().sum(-1, dtype=torch.float64).sum())
+            else:
+                out.append(x.abs().amax(-1).to(torch.float64).sum())
+        return torch.stack(out)
 
     # --- records ---------------------------------------------------------------------------
     def _lora_out_factor(self, handle: LoraHandle) -> float:
@@ -292,15 +312,19 @@ class FeatureNormProbe:
         # one device→host transfer for the whole step
         sums = torch.stack([s.acc.to("cpu") for s in live]).tolist()
         rows = []
-        for site, (za, zb) in zip(live, sums):
+        for site, (za, zb, *xs) in zip(live, sums):
             h = site.handle
-            dims = {"z_a": h.rank, "z_b": h.out_features, "lora_out": h.out_features}
+            dims = {"z_a": h.rank, "z_b": h.out_features, "lora_out": h.out_features, "x": h.in_features}
             base_sums = {
                 "z_a": za,
                 "z_b": zb,
                 "lora_out": [v * self._lora_out_factor(h) for v in zb],
             }
-            for feature in FEATURES:
+            if xs and not math.isnan(xs[0][0]):
+                base_sums["x"] = xs[0]
+            for feature in self.features:
+                if feature not in base_sums:
+                    continue
                 for stat in self.stats:
                     value = base_sums[feature][self._base.index(_BASE_OF[stat])] / site.count
                     if stat == "rms":
@@ -312,6 +336,12 @@ class FeatureNormProbe:
         self._rows.extend(self._pending_rows())
         for site in self._sites:
             site.reset()
+
+    def take_rows(self) -> list[tuple[int, str, str, str, float]]:
+        """The records of the steps closed so far as ``(step, module, feature, stat, value)`` tuples,
+        removed from the probe (a loop that reads every step keeps memory flat)."""
+        rows, self._rows = self._rows, []
+        return rows
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -312,8 +312,8 @@ def test_trial_ids_of_older_stores_are_kept(kind):
 def test_late_fields_count_once_they_leave_their_default():
     base = {"task": {"kind": "sentiment"}, "train": {"steps": 5}}
     ids = set()
-    for extra in ({}, {"precision": "bf16"}, {"grad_accum": 2}, {"device": "cpu"}):
+    for extra in ({}, {"precision": "bf16"}, {"grad_accum": 2}, {"device": "cpu"}, {"alarm": {"every": 2}}):
         spec = {"name": "x", "base": {**base, "train": {**base["train"], **extra}},
                 "grid": {"optim.lr_a": [1e-3]}, "seeds": 1}
         ids.add(expand(resolve_sweep(spec))[0].trial_id)
-    assert len(ids) == 4
+    assert len(ids) == 5

@@ -84,6 +84,8 @@ class FrozenParts:
         y_train, y_test: the teacher's outputs, (N, d_out) and (N_test, d_out).
         w_out: (d_out, n).
         w_star: (n, n), kept only when full finetuning needs it.
+        w_star_norm: ``‖W*‖_F`` (``hidden`` form; None in the ``residual`` form): the scale of the
+            alarm's update size (:mod:`loradyn.alarm`).
     """
 
     h_train: torch.Tensor
@@ -94,6 +96,7 @@ class FrozenParts:
     y_test: torch.Tensor
     w_out: torch.Tensor
     w_star: torch.Tensor | None = None
+    w_star_norm: float | None = None
 
 
 def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_star: bool,
@@ -110,7 +113,8 @@ def _build(task: SyntheticTaskSpec, data_seed: int, dtype: torch.dtype, keep_w_s
         parts[f"h_{split}"], parts[f"g_{split}"] = h, g
         parts[f"y_{split}"] = torch.relu(p_star) @ cast["w_out_teacher"].T
     w_star = cast.get("w_star") if keep_w_star else None
-    return FrozenParts(**parts, w_out=cast["w_out"].contiguous(), w_star=w_star)
+    norm = float(torch.linalg.vector_norm(cast["w_star"], dtype=torch.float64)) if "w_star" in cast else None
+    return FrozenParts(**parts, w_out=cast["w_out"].contiguous(), w_star=w_star, w_star_norm=norm)
 
 
 def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

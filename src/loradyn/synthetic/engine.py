@@ -24,7 +24,10 @@ so the summation order, and the last bits of the results, differ from the CPU's.
 
 Divergence: the loss of every live configuration is checked at every step; a non-finite loss or
 one above ``train.blowup_factor`` × its step-0 loss freezes the configuration at that step (it is
-removed from the pack before its update) and it is reported as ``diverged``.
+removed from the pack before its update) and it is reported as ``diverged``. So does the
+instability alarm (``train.alarm``, :mod:`loradyn.alarm`), fed at its steps with the loss, the rms
+of Z_A, of α·Z_B and of the input H, and ``α‖B A‖_F / ‖W*‖_F`` (:func:`_alarm_stats`: O(k r² (N + n))
+per check, reads only).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..alarm import Alarm, AlarmMonitor
 from ..tasks.pulse import report_steps
 from .data import FrozenParts, init_student
 from .spec import SyntheticSpec
@@ -55,6 +59,7 @@ class ChunkOutcome:
     probes: list[dict] = field(default_factory=list)
     lora_A: torch.Tensor | None = None  # (r, n) final
     lora_B: torch.Tensor | None = None  # (n, r) final
+    alarm: Alarm | None = None  # the instability alarm that stopped it
 
 
 def _forward(a, bt, alpha, h, g, w_out):
@@ -94,6 +99,21 @@ def _norm_rows(zt, bt, alpha, step: int) -> list[list[dict]]:
             rows.append({"step": step, "module": MODULE, "feature": feature, "stat": "l2", "value": l2})
         out.append(rows)
     return out
+
+
+def _alarm_stats(zt, a, bt, alpha, h_rms: float, w_norm: float | None) -> list[tuple[dict, float | None]]:
+    """Per config: the probe's rms of z_a, z_b, lora_out = α z_b and x = H (data-averaged), and the
+    update size ``|α|‖B A‖_F / ‖W*‖_F`` (None without W*), from ``‖B A‖_F² = Σ (BᵀB) ⊙ (A Aᵀ)``."""
+    k, r, _ = zt.shape
+    n = bt.shape[2]
+    gram_b = torch.bmm(bt, bt.transpose(1, 2))  # (k, r, r) = BᵀB
+    za = zt.square().sum(dim=1).sqrt().mean(dim=1) / math.sqrt(r)
+    zb = (torch.bmm(gram_b, zt) * zt).sum(dim=1).clamp_min(0).sqrt().mean(dim=1) / math.sqrt(n)
+    upd = (gram_b * torch.bmm(a, a.transpose(1, 2))).sum(dim=(1, 2)).clamp_min(0).sqrt()
+    al = alpha.view(-1).abs()
+    rows = torch.stack([za, zb, zb * al, upd * al]).T.tolist()
+    return [({"z_a": z_a, "z_b": z_b, "lora_out": out, "x": h_rms}, None if w_norm is None else u / w_norm)
+            for z_a, z_b, out, u in rows]
 
 
 class _Adam:
@@ -243,6 +263,9 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec], *, s
     curve_steps = _steps_set(train.curve_every, (train.steps,) if train.curve_every else (), train.steps)
     initial: list[float] = [math.nan] * k
     threshold = None
+    alarm = train.alarm
+    monitors = [AlarmMonitor(alarm) for _ in configs]
+    h_rms = float((frozen.h_train.norm(dim=1) / math.sqrt(frozen.h_train.shape[1])).mean()) if alarm.enabled else 0.0
 
     def finish(rows: list[int], t: int, losses: list[float], status: str) -> None:
         """Final metrics for live rows ``rows`` (positions in the stack) at step t."""
@@ -266,6 +289,7 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec], *, s
                     o.metrics[f"{rec['feature']}_{rec['stat']}"] = rec["value"]
             o.lora_A = a_s[j].clone().cpu()
             o.lora_B = bt_s[j].T.clone().cpu()
+            o.alarm = monitors[live[pos]].alarm
 
     for t in range(train.steps + 1):
         report_steps(steps_before + t * len(configs), steps_total or train.steps * len(configs))
@@ -284,8 +308,15 @@ def train_lora_chunk(frozen: FrozenParts, configs: Sequence[SyntheticSpec], *, s
             for pos, i in enumerate(live):
                 outcomes[i].curves.append({"step": t, "metric": "train_loss", "value": losses[pos]})
                 outcomes[i].curves.append({"step": t, "metric": "test_loss", "value": test_t[pos]})
-        # ---- divergence: freeze before the update ----
+        # ---- divergence and the alarm: freeze before the update ----
         bad = ~torch.isfinite(loss_t) | (loss_t > threshold)
+        if alarm.enabled:
+            stats = _alarm_stats(engine.zt[: kk * r].view(kk, r, n_train), a, bt, alpha, h_rms,
+                                 frozen.w_star_norm) if alarm.checks(t) else [({}, None)] * kk
+            for pos, (feats, upd) in enumerate(stats):
+                if monitors[live[pos]].check(t, loss=losses[pos], features={MODULE: feats} if feats else None,
+                                             updates=None if upd is None else {MODULE: upd}) is not None:
+                    bad[pos] = True
         if bool(bad.any()):
             finish(bad.nonzero().view(-1).tolist(), t, losses, "diverged")
             keep = (~bad).nonzero().view(-1)

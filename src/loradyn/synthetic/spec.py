@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..alarm import AlarmSpec
 from ..errors import LoradynError, SpecError
 from ..scaling import ALPHA_RULES, alpha_value, canonical_alpha_rule
 from ..serialize import late_field, spec_from_dict, spec_to_dict
@@ -162,6 +163,10 @@ class SyntheticTrainSpec:
             is frozen at that step and reported with status ``diverged``. Default 100: the loss
             has grown 100-fold from the starting point, far outside any trajectory that ends
             near the optimum (the best final losses are 10^2–10^3 times *below* the start).
+        alarm: the instability alarm (:class:`loradyn.alarm.AlarmSpec`, on by default): checked
+            at every step on the loss, Z_B against the adapter's input H, and the update
+            ``α‖B A‖_F`` against ``‖W*‖_F`` (``hidden`` form only); an alarmed configuration is
+            frozen there and reported ``diverged`` with the alarm's fields.
     """
 
     steps: int = 200
@@ -171,6 +176,7 @@ class SyntheticTrainSpec:
     curve_every: int = 0
     blowup_factor: float = 100.0
     device: str = late_field("auto")
+    alarm: AlarmSpec = late_field(AlarmSpec())
 
     def __post_init__(self) -> None:
         _positive_int(self.steps, "train.steps")

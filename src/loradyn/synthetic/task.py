@@ -21,6 +21,7 @@ import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from ..alarm import alarm_line, alarm_metrics, likely_fix
 from ..serialize import spec_from_dict
 from ..tasks.device import check_device, resolve_device
 from ..tasks.registry import TrialResult
@@ -81,9 +82,15 @@ def _as_spec(config: Any) -> SyntheticSpec:
 def _result(out: ChunkOutcome, config: SyntheticSpec, seconds: float) -> TrialResult:
     metrics = dict(out.metrics)
     metrics["alpha"] = 1.0 if config.lora.method == "full" else config.lora.alpha
+    error = None
+    if out.alarm is not None:  # the instability alarm stopped it: its fields and the one line
+        metrics.update(alarm_metrics(out.alarm))
+        lo = config.lora
+        error = alarm_line(out.alarm, likely_fix(out.alarm, init=lo.init, lr_ratio=config.optim.lr_ratio,
+                                                 rank=lo.rank, alpha_rule=lo.alpha_rule))
     return TrialResult(
         status="diverged" if out.status == "diverged" else "done",
-        metrics=metrics, curves=out.curves, probes=out.probes, seconds=seconds,
+        metrics=metrics, curves=out.curves, probes=out.probes, error=error, seconds=seconds,
     )
 
 

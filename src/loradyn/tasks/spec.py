@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..alarm import AlarmSpec
 from ..errors import SpecError
 from ..serialize import late_field
 from ..specs import LoraSpec, OptimSpec
@@ -91,6 +92,9 @@ class TrainSpec:
         data_order_seed: seed of the batch order; ``None`` uses the trial seed (then adapters
             with different seeds are not packed together).
         threads: torch threads of the process running the trial.
+        alarm: the instability alarm (:class:`loradyn.alarm.AlarmSpec`; on by default): a trial
+            whose loss, Z_B or update size runs away is stopped there and reported ``diverged``
+            with the step, layer, feature and likely fix (``alarm: {enabled: false}`` turns it off).
     """
 
     steps: int = 200
@@ -109,6 +113,7 @@ class TrainSpec:
     device: str = late_field("auto")
     precision: Literal["fp32", "bf16", "fp16"] = late_field("fp32")
     grad_accum: int = late_field(1)
+    alarm: AlarmSpec = late_field(AlarmSpec())
 
     def __post_init__(self) -> None:
         _positive("train", steps=self.steps, batch_size=self.batch_size,

@@ -7,7 +7,9 @@
 (:func:`loradyn.create_loraplus_optimizer`), :class:`loradyn.FeatureNormProbe`.
 
 A trial whose training loss becomes non-finite is frozen at that step and reported ``diverged``;
-the other adapters of its pack go on unaffected.
+the other adapters of its pack go on unaffected. So is a trial whose instability alarm fires
+(``train.alarm``, :mod:`loradyn.alarm`): it stops after that step, with the step, the layer, the
+feature and the likely fix in its metrics and its ``error`` line.
 
 The model and every batch go to ``train.device`` (:mod:`loradyn.tasks.device`); forward and
 backward run under autocast in ``train.precision`` (:mod:`loradyn.tasks.precision`), fp16 with a
@@ -26,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..alarm import alarm_line, alarm_metrics, likely_fix
+from ..alarm_watch import ModelWatch
 from ..errors import LoradynError
 from ..init_methods import apply_init_, modifies_base
 from ..optim import create_loraplus_optimizer
@@ -187,7 +191,8 @@ def _train(recipe, configs: Sequence[Any], base, *, steps_before: int = 0,
     curves: list[list[dict[str, Any]]] = [[] for _ in names]
     diverged: dict[str, int] = {}
     skipped = 0
-    probe = FeatureNormProbe(model, every=train.probe_every) if train.probe_every else None
+    probe, watch, kept = _probe_and_watch(model, names, train)
+    alarms = {}
     model.train()
     recipe.device = device  # batches are built on the CPU and moved there
     with router, (probe or contextlib.nullcontext()):
@@ -211,6 +216,16 @@ def _train(recipe, configs: Sequence[Any], base, *, steps_before: int = 0,
             optimizer.zero_grad(set_to_none=True)
             if probe is not None:
                 probe.step()
+            if watch is not None:
+                rows = probe.take_rows()
+                kept.extend(r for r in rows if train.probe_every and r[0] % train.probe_every == 0 and r[2] != "x")
+                live = list(router.adapters)
+                fired = watch.observe(step, {n: losses[index[n]][-1] for n in live if n in seen}, rows, live)
+                for name, alarm in fired.items():
+                    alarms[name], diverged[name] = alarm, step
+                    router.drop(name)  # frozen after this step: no grad, no update, no slice in later batches
+                if not router.adapters:
+                    break
             if train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < train.steps:
                 for name, metrics in zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val"],
                                                                     final=False, device=device)):
@@ -220,7 +235,10 @@ def _train(recipe, configs: Sequence[Any], base, *, steps_before: int = 0,
         if router.adapters:
             final = dict(zip(router.adapters, _evaluate(recipe, model, router, train, probe, ["val", "test"],
                                                         final=True, device=device)))
-    probe_rows = _split_probe(probe, names) if probe is not None else [[] for _ in names]
+    if watch is not None:  # the alarm's probe: keep the probe_every steps' rows (without x)
+        kept.extend(r for r in probe.take_rows() if train.probe_every and r[0] % train.probe_every == 0 and r[2] != "x")
+    probe_rows = _split_probe(kept if watch is not None else probe.records, names) if probe is not None \
+        else [[] for _ in names]
     seconds = (time.perf_counter() - t0) / len(names)
     results = []
     for i, name in enumerate(names):
@@ -230,7 +248,11 @@ def _train(recipe, configs: Sequence[Any], base, *, steps_before: int = 0,
             metrics["skipped_steps"] = float(skipped)
         if name in diverged:
             metrics["diverged_step"] = float(diverged[name])
-            results.append(TrialResult("diverged", metrics, curves[i], probe_rows[i], None, seconds))
+            error = None
+            if name in alarms:
+                metrics.update(alarm_metrics(alarms[name]))
+                error = alarm_line(alarms[name], _fix(alarms[name], configs[i]))
+            results.append(TrialResult("diverged", metrics, curves[i], probe_rows[i], error, seconds))
             continue
         metrics.update(final.get(name, {}))
         for metric, value in final.get(name, {}).items():
@@ -298,10 +320,31 @@ def _evaluate(recipe, model, router, train, probe, splits, *, final: bool,
     return merged
 
 
-def _split_probe(probe: FeatureNormProbe, names: Sequence[str]) -> list[list[dict[str, Any]]]:
-    """Probe records per adapter; module names lose the adapter suffix (``layer[t3]`` -> ``layer``)."""
+def _probe_and_watch(model, names: Sequence[str], train):
+    """The probe (``train.probe_every``; with the alarm on, every ``gcd`` step and with inputs), the
+    alarm's :class:`ModelWatch` (None when off) and the list that keeps the rows to store."""
+    alarm = train.alarm
+    if not alarm.enabled:
+        return (FeatureNormProbe(model, every=train.probe_every) if train.probe_every else None), None, []
+    every = math.gcd(train.probe_every, alarm.every) if train.probe_every else alarm.every
+    stats = ("rms", "l2") if train.probe_every else ("rms",)
+    return FeatureNormProbe(model, every=every, stats=stats, inputs=True), ModelWatch(model, names, alarm), []
+
+
+def _fix(alarm, config) -> str:
+    lora = config.lora
+    return likely_fix(alarm, init=lora.init, lr_ratio=config.optim.lr_ratio, rank=lora.rank,
+                      alpha_rule="1/sqrt(r)" if lora.rslora else "1/r")
+
+
+def _split_probe(records, names: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Probe records (dicts or row tuples) per adapter; module names lose the adapter suffix
+    (``layer[t3]`` -> ``layer``)."""
+    from ..probe_tables import COLUMNS
+
     out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for rec in probe.records:
+    for rec in records:
+        rec = rec if isinstance(rec, dict) else dict(zip(COLUMNS, rec))
         module, _, adapter = rec["module"].rpartition("[")
         adapter = adapter.rstrip("]")
         if adapter in out:
