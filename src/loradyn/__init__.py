@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "LoradynError": "loradyn.errors",
     "SpecError": "loradyn.errors",
     "apply_lora": "loradyn.inject",
+    "coord_check": "loradyn.coordcheck",
     "create_loraplus_optimizer": "loradyn.optim",
     "describe_param_groups": "loradyn.optim",
     "init_lora_": "loradyn.init",

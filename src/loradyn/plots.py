@@ -14,6 +14,7 @@ import pandas as pd
 from .analysis import seed_stats
 
 __all__ = [
+    "plot_coord_check",
     "plot_feature_norms",
     "plot_lr_heatmap",
     "plot_metric_vs_lr",
@@ -337,4 +338,53 @@ def plot_feature_norms(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_coord_check(
+    table: pd.DataFrame,
+    *,
+    row: str | None = None,
+    features: Sequence[str] = ("z_a", "z_b", "dz_b", "dz_b_a", "dz_b_b"),
+    steps: Sequence[int] | None = None,
+    title: str | None = None,
+):
+    """μP-style coordinate check: RMS vs width on log–log axes, one line per step (seed means,
+    min–max band), one panel per feature, one panel row per value of ``row`` (e.g. the lr exponent).
+
+    ``table`` is :func:`loradyn.coord_check`'s (columns ``width, seed, step, feature, value`` and
+    ``row``); module rows are averaged. ``steps``: the steps drawn (default: every recorded one).
+    """
+    plt = _plt()
+    rows = [None] if row is None else list(dict.fromkeys(table[row]))
+    fig, axes = plt.subplots(len(rows), len(features), figsize=(3.3 * len(features), 2.8 * len(rows)),
+                             squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(rows):
+        part = table if row is None else table[table[row] == r]
+        for j, feature in enumerate(features):
+            ax = axes[i][j]
+            sel = part[(part["feature"] == feature) & np.isfinite(part["value"]) & (part["value"] > 0)]
+            shown = sorted(set(sel["step"])) if steps is None else [s for s in steps if s in set(sel["step"])]
+            for k, step in enumerate(shown):
+                runs = sel[sel["step"] == step].groupby(["width", "seed"])["value"].mean().reset_index()
+                agg = runs.groupby("width")["value"].agg(["mean", "min", "max"]).reset_index()
+                color = cmap(k / max(1, len(shown) - 1))
+                ax.plot(agg["width"], agg["mean"], marker="o", ms=3, color=color, label=f"t={step}")
+                ax.fill_between(agg["width"], agg["min"], agg["max"], color=color, alpha=0.15)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.minorticks_off()  # (minor log ticks on 15+ panels cost seconds at save time)
+            ax.tick_params(labelsize=7)
+            ax.set_title(feature if row is None else f"{feature}, {row}={r:g}", fontsize=8)
+            if i == len(rows) - 1:
+                ax.set_xlabel("width", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("RMS (data mean)", fontsize=8)
+    handles = axes[0][0].get_legend_handles_labels()[0]
+    if handles:
+        axes[0][0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9 if title else 0.95, wspace=0.3, hspace=0.45)
     return fig

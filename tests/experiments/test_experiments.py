@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "feature-norms": ["experiment.widths=[32,64]", "experiment.record_every=4", "experiment.lr_A=0.01", "experiment.lr_B=0.002"],
     "loraplus-heatmap": ["experiment.widths=[32,64]", "experiment.lr_a_span=1.0", "experiment.ratio_log2=[0,2]"],
     "rank-lr": ["experiment.width=32", "experiment.ranks=[1,4]", "experiment.lr_step=1.0", "experiment.span=1.0", "optim.lr_ratio=4"],
+    "coord-check": ["experiment.widths=[32,64]", "experiment.inits=[A]"],
 }
 
 
@@ -43,7 +44,7 @@ def check_outputs(out, experiment):
 
 def test_registry_lists_every_experiment_in_order():
     found = experiments()
-    assert SYNTHETIC == ["width-lr", "feature-norms", "loraplus-heatmap", "rank-lr"]
+    assert SYNTHETIC == ["width-lr", "feature-norms", "loraplus-heatmap", "rank-lr", "coord-check"]
     assert list(found) == [*SYNTHETIC, "sentiment-init", "trec6-init", "wiki-init", "gsm-init"]
     for exp in found.values():
         assert exp.description and exp.quick is not None and exp.full is not None
@@ -94,7 +95,7 @@ def test_all_runs_in_order_and_feature_norms_reuses_width_lr(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(experiment_id="width"), "valid ids: width-lr, feature-norms, loraplus-heatmap, rank-lr, sentiment-init, "
+    (dict(experiment_id="width"), "valid ids: width-lr, feature-norms, loraplus-heatmap, rank-lr, coord-check, sentiment-init, "
                                   "trec6-init, wiki-init, gsm-init, all"),
     (dict(experiment_id="width-lr", overrides=["experiment.widthz=[1]"]), "unknown key experiment.widthz"),
     (dict(experiment_id="width-lr", overrides=["lora.rnak=3"]), "unknown key lora.rnak"),

@@ -40,8 +40,9 @@ def planted_width_lr(slopes: dict[str, float], noise: float, slope_noise: float 
     return run_grid
 
 
+# the μP readout with an independent teacher: the prediction for Init[A] is the papers' n^-1/2
 WIDTH_LR = ["experiment.widths=[128,256,512,1024,2048]", "experiment.fit_min_width=128", "experiment.span=4",
-            "experiment.n_resamples=1000"]
+            "experiment.n_resamples=1000", "task.readout=mup", "task.teacher_readout=independent"]
 
 
 @pytest.mark.parametrize("slope_a,slope_noise,seeds,status", [
@@ -108,7 +109,8 @@ def test_loraplus_ratio_growth_is_decided_on_the_ci_and_edges_are_extended(ratio
                  "experiment.n_resamples=500"]
     summary = reproduce("loraplus-heatmap", out=tmp_path, seeds=5, overrides=overrides, executor="serial",
                         quiet=True)
-    above, gain, grows = summary["verdicts"]
+    above, gain, grows, *per_init = summary["verdicts"]
+    assert [v["claim"][:7] for v in per_init] == ["Init[A]", "Init[B]"]  # λ* ∝ n^1/2 each (sp readout)
     assert grows["status"] == status and grows["ci"] is not None
     if status == "undecided":
         assert "reaches the bound" in grows["reason"]

@@ -16,10 +16,12 @@ every verdict is decided on the CI of its statistic (docs/theory.md §8):
   log2 λ* lies above 0);
 * the best pair beats the best diagonal pair (standard LoRA) for every (width, init) (the CI of the
   smallest log2 gain lies above 0);
-* the optimal ratio grows with width: per init, the slope of log2 λ* vs log2 n is > 0 (the CI of
-  the smaller slope lies above 0). The papers predict λ* ∝ n (slope 1); this project's derivation
-  for the toy's readout predicts n^1/2 (docs/theory.md §5.2); the verdict asks only for growth and
-  reports the slopes.
+* the optimal ratio grows with width: the slope of log2 λ* vs log2 n is > 0 (the CI of the smallest
+  slope, over the inits predicted to grow, lies above 0);
+* per init, that slope equals the prediction for the readout the run uses ± 0.25
+  (:mod:`~loradyn.experiments.predictions`): the papers' λ* ∝ n (arXiv 2402.12354); with the default
+  ``sp`` readout n^1/2 (derived here, docs/theory.md §5.2); with ``task.readout=mup
+  task.teacher_readout=independent`` n for Init[A] and n^0 for Init[B] (derived here, §5.3).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from .framework import (
     results_frame,
 )
 from .grids import base_config, half_octaves, run_grid
+from .predictions import ratio_width_exponent, regime_note, resolved_task
 from .width_lr import INIT, WIDTH
 
 ID = "loraplus-heatmap"
+RATIO_TOL = 0.25  # on the exponent of λ* in n (docs/theory.md §8: ratio exponents)
 LR_A, RATIO = "optim.lr_a", "optim.lr_ratio"
 
 # grid placement only: centre of the lr_a axis at n = 128 (log2) and its shift per doubling of n
@@ -171,12 +175,24 @@ def run(ctx: Context) -> Outcome:
                        "log2_ratio_opt": [float(boot.point[j][0]) for j in cols]})
         slope_reps.append(reps)
     lo_w, hi_w = min(p.widths), max(p.widths)
-    verdicts.append(Verdict.bounded(
-        f"the optimal ratio λ* grows with width (n={lo_w} … {hi_w})",
-        "slope of log2 λ* vs log2 n > 0 per init (papers: 1, arXiv 2402.12354; derived here for the toy: 1/2)",
-        ", ".join(f"{s[INIT]}: {s['slope']:+.2f} [{s['ci_lo']:+.2f}, {s['ci_hi']:+.2f}]" for s in slopes),
-        (0.0, math.inf), boot.ci(np.min(slope_reps, axis=0)), [few, on_border, shaky],
-    ))
+    task = resolved_task(base, ctx.base_overrides)
+    preds = {init: ratio_width_exponent(init, task) for init in p.inits}
+    growing = [i for i, init in enumerate(p.inits) if preds[init].value > 0]
+    if growing:
+        verdicts.append(Verdict.bounded(
+            f"the optimal ratio λ* grows with width (n={lo_w} … {hi_w})",
+            "slope of log2 λ* vs log2 n > 0 per init (" + "; ".join(
+                f"Init[{p.inits[i]}]: {preds[p.inits[i]].value:g}, {preds[p.inits[i]].label()}" for i in growing) + ")",
+            ", ".join(f"{slopes[i][INIT]}: {slopes[i]['slope']:+.2f} [{slopes[i]['ci_lo']:+.2f}, {slopes[i]['ci_hi']:+.2f}]"
+                      for i in growing),
+            (0.0, math.inf), boot.ci(np.min([slope_reps[i] for i in growing], axis=0)), [few, on_border, shaky],
+        ))
+    for init, s, reps in zip(p.inits, slopes, slope_reps):
+        pred = preds[init]
+        verdicts.append(Verdict.estimate(
+            f"Init[{init}]: λ* ∝ n^{pred.value:g} ({pred.label()}; slope of log2 λ* vs log2 n)",
+            pred.value, RATIO_TOL, s["slope"], boot.ci(reps), [few, on_border, shaky],
+        ))
     if edges:
         ctx.say("  note: the optimum is on the grid's edge for " + ", ".join(f"{label(r)} ({r['ratio_edge']})" for r in edges))
 
@@ -193,6 +209,8 @@ def run(ctx: Context) -> Outcome:
         fig.tight_layout()
         figures[f"heatmap_{'train' if loss == 'final_train_loss' else 'test'}"] = fig
     summary = {
+        "model": {**{k: task.get(k, d) for k, d in (("form", "hidden"), ("readout", "sp"), ("teacher_readout", "shared"))},
+                  "note": regime_note(task)},
         "best_pairs": best,
         "best_pairs_test": best_test,
         "ratio_slopes": slopes,

@@ -8,14 +8,20 @@ Each width's grid is the union over inits of ±``span`` octaves around where a p
 engine found the optimum (:data:`GRID_CENTRE`); an optimum on a grid edge triggers an extension of
 the grid beyond that edge (up to ``max_extend`` times), so the optimum ends up interior or is
 flagged. The centring only saves compute: the verdicts read the measured optima and compare them
-with the theory's exponents (:data:`EXPONENT`), never with the grid centres.
+with the predicted exponents, never with the grid centres.
+
+The prediction depends on the readout the run uses (:mod:`~loradyn.experiments.predictions`,
+docs/theory.md §5.2–5.3): with the default ``sp`` readout Init[A] −3/4 and Init[B] −1 (derived
+here; the papers: −1/2 and −1), with ``task.readout=mup task.teacher_readout=independent`` −1/2 and
+−1/2 (Init[A] as published, Init[B] derived here). The form (``hidden``/``residual``) changes none.
 
 Verdicts (three-valued on the 95 % bootstrap CI; tolerances: docs/theory.md §8):
 
-* slope of log2 η* vs log2 n over n ≥ 256 is −0.5 ± 0.15 (Init[A]) and −1.0 ± 0.15 (Init[B]);
-* η*_A > η*_B at every width ≥ 512 (the CI of the smallest log2 ratio lies above 0);
-* the ratio η*_A / η*_B grows with width: its log2–log2 slope is 0.5 ± 0.25 (the difference of
-  the two exponents; its error is about the sum of theirs);
+* slope of log2 η* vs log2 n over n ≥ 256 is the predicted exponent ± 0.15, per init;
+* η*_A > η*_B at every width ≥ 512 (the CI of the smallest log2 ratio lies above 0), where the
+  prediction has the ratio growing (not with the ``mup`` readout, where it is n^0);
+* the log2–log2 slope of the ratio η*_A / η*_B is the difference of the two predicted exponents
+  ± 0.25 (its error is about the sum of theirs);
 * every optimum is interior (not on a grid edge) — otherwise the fits above are not trustworthy.
 """
 
@@ -39,12 +45,11 @@ from .framework import (
     results_frame,
 )
 from .grids import base_config, half_octaves, run_grid
+from .predictions import difference, lr_width_exponent, regime_note, resolved_task
 
 ID = "width-lr"
 INIT, WIDTH, LR = "lora.init", "task.width", "optim.lr_a"
 
-# the theory's exponents of the optimal lr in width (the claims under test)
-EXPONENT = {"A": -0.5, "B": -1.0}
 # grid placement only: (log2 lr at n = 128, log2 change per doubling) of the optimum measured in a
 # one-seed exploratory run of this engine (T = 200)
 GRID_CENTRE = {"A": (-6.0, -0.85), "B": (-7.2, -0.95)}
@@ -147,37 +152,42 @@ def run(ctx: Context) -> Outcome:
         return f"{r[INIT]} n={r[WIDTH]}"
 
     verdicts = []
+    task = resolved_task(base, ctx.base_overrides)
+    preds = {init: lr_width_exponent(init, task) for init in ("A", "B")}
     fits["ci_lo"], fits["ci_hi"] = math.nan, math.nan
     for init in p.inits:
         f = fits[fits[INIT] == init]
         slope = float(f["slope"].iloc[0]) if len(f) else math.nan
-        expected = EXPONENT.get(init, math.nan)
+        pred = preds[init]
         used = opt[(opt[INIT] == init) & (opt[WIDTH] >= p.fit_min_width)].to_dict("records")
         ci, shaky = boot.slope(init, [r[WIDTH] for r in used])
         fits.loc[fits[INIT] == init, ["ci_lo", "ci_hi"]] = ci
         verdicts.append(Verdict.estimate(
-            f"Init[{init}]: optimal lr ∝ n^{expected:g} (slope of log2 η* vs log2 n, n ≥ {p.fit_min_width})",
-            expected, SLOPE_TOL, slope, ci, [edge_reason(used, label), few, shaky],
+            f"Init[{init}]: optimal lr ∝ n^{pred.value:g} ({pred.label()}; slope of log2 η* vs log2 n, "
+            f"n ≥ {p.fit_min_width})",
+            pred.value, SLOPE_TOL, slope, ci, [edge_reason(used, label), few, shaky],
         ))
     wide = opt.pivot(index=WIDTH, columns=INIT, values="lr_opt")
-    if {"A", "B"} <= set(wide.columns):
+    ratio_pred = difference(preds["A"], preds["B"])
+    if {"A", "B"} <= set(wide.columns) and ratio_pred.value > 0:
         big = wide[wide.index >= 512]
         gap = [f"n={n}: ×{a / b:.1f}" for n, a, b in zip(big.index, big["A"], big["B"])]
         at_big = opt[opt[WIDTH] >= 512].to_dict("records")
         ratios, shaky = boot.log2_ratios(list(big.index))
         ci = boot.ci(ratios.min(axis=1)) if len(big) else (math.nan, math.nan)
         verdicts.append(Verdict.bounded(
-            "Init[A] admits larger learning rates: η*_A > η*_B at every width ≥ 512",
+            "Init[A] admits larger learning rates: η*_A > η*_B at every width ≥ 512 (published, arXiv 2406.08447)",
             "η*_A/η*_B > 1 (CI of the smallest log2 ratio > 0)", ", ".join(gap) or "no width ≥ 512",
             (0.0, math.inf), ci, [edge_reason(at_big, label), few, shaky],
         ))
+    if {"A", "B"} <= set(wide.columns):
         ratio = pd.DataFrame({"width": wide.index, "ratio": wide["A"] / wide["B"]})
         rslope = float(fit_log2_slope(ratio, "width", "ratio")["slope"].iloc[0])
         ratios, shaky = boot.log2_ratios(list(wide.index))
         ci = boot.ci(log2_slopes(list(wide.index), ratios))
         verdicts.append(Verdict.estimate(
-            "the ratio η*_A/η*_B grows with width (∝ n^1/2; log2–log2 slope)",
-            0.5, RATIO_TOL, rslope, ci, [edge_reason(opt.to_dict("records"), label), few, shaky],
+            f"the ratio η*_A/η*_B ∝ n^{ratio_pred.value:g} ({ratio_pred.label()}; log2–log2 slope)",
+            ratio_pred.value, RATIO_TOL, rslope, ci, [edge_reason(opt.to_dict("records"), label), few, shaky],
         ))
     edges = opt[opt["edge"].isin(["low", "high", "none"])]
     verdicts.append(Verdict.check(
@@ -194,6 +204,9 @@ def run(ctx: Context) -> Outcome:
         "loss_vs_lr": plot_metric_vs_lr(results, hue=INIT, panel=WIDTH, optimum=opt, title="final train loss vs lr"),
     }
     summary = {
+        "model": {**{k: task.get(k, d) for k, d in (("form", "hidden"), ("readout", "sp"), ("teacher_readout", "shared"))},
+                  "note": regime_note(task)},
+        "predictions": {f"Init[{i}]": {"exponent": pr.value, "status": pr.label()} for i, pr in preds.items()},
         "optimal_lr": opt,
         "slopes": fits,
         "bootstrap": {"n_resamples": p.n_resamples, "level": LEVEL, "seed": 0, "n_seeds": boot.curves.n_seeds},
@@ -226,6 +239,6 @@ class Bootstrap(OptimaBootstrap):
 
 EXPERIMENT = Experiment(
     id=ID,
-    description="optimal lr vs width, Init[A] vs Init[B]: slopes -1/2 and -1 (2406.08447)",
+    description="optimal lr vs width, Init[A] vs Init[B]: papers -1/2 and -1 (2406.08447); the toy's sp readout -3/4 and -1",
     params=Params, quick=QUICK, full=FULL, run=run, order=10, in_all=True,
 )
