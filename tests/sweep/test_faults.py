@@ -11,6 +11,7 @@ import collections
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -152,3 +153,27 @@ def test_a_node_with_other_versions_runs_nothing_and_says_which():
     assert outcome.results is None and outcome.mismatch == outcome.error
     assert "runs loradyn 0.1.0 on Python 3." in outcome.mismatch
     assert "the driver loradyn 0.0.1 on Python 2.7: install the same loradyn and Python on every node" in outcome.mismatch
+
+
+def test_ctrl_c_on_the_process_executor_stops_the_workers_quietly_and_hands_trials_back(tmp_path):
+    path, out, log = tmp_path / "s.yaml", tmp_path / "o", tmp_path / "exec.log"
+    path.write_text(yaml.safe_dump(_spec(sleep=5.0)))
+    proc = subprocess.Popen(
+        [sweep_toy.PYTHON, "-m", "loradyn", "sweep", str(path), "--out", str(out), "--executor", "process",
+         "--workers", "2", "--quiet"], env=sweep_toy.subprocess_env(LORADYN_TOY_LOG=str(log)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_log(log)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_log(log)) == 2, "the workers never started a pack"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the driver and its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines() == ["loradyn: interrupted (re-run the same command to resume)"]
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid)
+    conn = sqlite3.connect(out / "sweep.db")
+    assert {s for (s,) in conn.execute("SELECT status FROM trials")} == {"pending"}
+    conn.close()
