@@ -282,11 +282,13 @@ def coord_slopes(table: pd.DataFrame, *, by: Sequence[str] = (), n_resamples: in
     """Slope of log2 RMS against log2 width, per (``by``..., module, feature, step), with a seed-bootstrap CI.
 
     The slope is the least-squares fit through the seed-mean log2 RMS at each width; the CI is the
-    percentile interval of the same fit when each width's seeds are resampled with replacement
-    (independently per width: the seeds of two widths are different models). Zero or non-finite
-    values are left out. Returns ``by..., module, feature, step, slope, ci_low, ci_high, n_widths,
-    n_seeds``.
+    percentile interval (:func:`loradyn.bootstrap.percentile_ci`, expanded for few seeds) of the
+    same fit when each width's seeds are resampled with replacement (independently per width: the
+    seeds of two widths are different models). Zero or non-finite values are left out. Returns
+    ``by..., module, feature, step, slope, ci_low, ci_high, n_widths, n_seeds``.
     """
+    from .bootstrap import percentile_ci
+
     need = [*by, "width", "seed", "step", "module", "feature", "value"]
     missing = [c for c in need if c not in table.columns]
     if missing:
@@ -307,7 +309,6 @@ def coord_slopes(table: pd.DataFrame, *, by: Sequence[str] = (), n_resamples: in
             row["slope"] = float(xc @ np.array([y.mean() for y in ys]) / (xc @ xc))
             boot = np.stack([y[rng.integers(0, len(y), size=(n_resamples, len(y)))].mean(axis=1) for y in ys], axis=1)
             slopes = (boot - boot.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
-            tail = (1 - level) / 2 * 100
-            row["ci_low"], row["ci_high"] = (float(v) for v in np.percentile(slopes, [tail, 100 - tail]))
+            row["ci_low"], row["ci_high"] = percentile_ci(slopes, level, n_seeds=row["n_seeds"])
         out.append(row)
     return pd.DataFrame(out, columns=[*keys, "slope", "ci_low", "ci_high", "n_widths", "n_seeds"])

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..bootstrap import seeds_ci_reason
 from ..overrides import apply_overrides
 from ..serialize import spec_from_dict
 from .framework import Context, Experiment, Outcome, Verdict, plain
 from .grids import base_config
-from .predictions import COORD_LR_EXPONENT, coord_exponent, regime_note
+from .predictions import COORD_LR_EXPONENT, Prediction, coord_exponent, regime_note
 
 ID = "coord-check"
 TOL = 0.15
-MIN_SEEDS = 5
 FEATURES = ("z_a", "z_b", "dz_b", "dz_b_a", "dz_b_b")
 
 
@@ -160,27 +160,14 @@ def run_rows(table: pd.DataFrame, steps: int) -> pd.DataFrame:
     return out
 
 
-def _claim(init: str, feature: str, off: float, what: str) -> tuple[str, str]:
+def _claim(init: str, feature: str, off: float, what: str) -> tuple[str, Prediction]:
     pred = coord_exponent(init, feature, off)
     gamma = COORD_LR_EXPONENT[init] + off
     return f"Init[{init}], lr ∝ n^{gamma:g}: {what} ({pred.label()})", pred
 
 
-def _band(claim: str, pred, slope: float, ci: tuple[float, float], bounds: tuple[float, float],
-          expected: str, reasons: list) -> Verdict:
-    """holds: the CI inside ``bounds``; fails: wholly outside; undecided: it straddles a bound."""
-    lo, hi = ci
-    a, b = bounds
-    measured = f"{slope:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        reasons = [*reasons, "no slope (too few finite widths)"]
-    elif not (a < lo and hi < b) and not (hi <= a or lo >= b):
-        reasons = [*reasons, f"CI [{lo:+.2f}, {hi:+.2f}] reaches the bound {a if lo <= a else b:+.2f}"]
-    return Verdict.check(claim, expected, measured, a < lo and hi < b, reasons)
-
-
 def verdicts(slopes: pd.DataFrame, p: Params) -> list[Verdict]:
-    few = f"{p.seeds} seeds: too few for a bootstrap CI (needs ≥ {MIN_SEEDS})" if p.seeds < MIN_SEEDS else None
+    few = seeds_ci_reason(p.seeds)
     out = []
 
     def stat(init, off, feature):
@@ -193,15 +180,15 @@ def verdicts(slopes: pd.DataFrame, p: Params) -> list[Verdict]:
     def near(init, off, feature, what):
         claim, pred = _claim(init, feature, off, what)
         slope, ci = stat(init, off, feature)
-        out.append(_band(claim, pred, slope, ci, (pred.value - TOL, pred.value + TOL),
-                         f"{pred.value:+.2f} ± {TOL}", [few]))
+        out.append(Verdict.bounded(claim, f"{pred.value:+.2f} ± {TOL} (CI inside)", f"{slope:+.2f}",
+                                   (pred.value - TOL, pred.value + TOL), ci, [few]))
 
     def sign(init, off, feature, what):
         claim, pred = _claim(init, feature, off, what)
         slope, ci = stat(init, off, feature)
         bounds = (0.0, math.inf) if pred.value > 0 else (-math.inf, 0.0)
-        out.append(_band(claim, pred, slope, ci, bounds, f"{'> 0' if pred.value > 0 else '< 0'} (theory {pred.value:+.2f})",
-                         [few]))
+        out.append(Verdict.bounded(claim, f"{'> 0' if pred.value > 0 else '< 0'} (theory {pred.value:+.2f})",
+                                   f"{slope:+.2f}", bounds, ci, [few]))
 
     for init in p.inits:
         if 0.0 in p.offsets:
