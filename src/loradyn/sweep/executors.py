@@ -6,19 +6,16 @@ factory. Workers only compute; the driver writes each pack's results as it finis
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import LoradynError
-from .jobs import PackJob, PackOutcome, execute_pack
+from .jobs import PackJob, PackOutcome, execute_pack, max_retries
 
 __all__ = ["EXECUTORS", "Executor", "ProcessExecutor", "SerialExecutor", "make_executor", "max_retries"]
 
 EXECUTORS = ("serial", "process", "ray")
-RETRIES_ENV = "LORADYN_MAX_RETRIES"
-DEFAULT_RETRIES = 3
 
 
 class Executor(Protocol):
@@ -64,16 +61,6 @@ class SerialExecutor:
 
     def close(self, wait: bool = True) -> None:
         self._jobs.clear()
-
-
-def max_retries() -> int:
-    """How often a pack lost to a dead worker process or Ray node runs again: ``LORADYN_MAX_RETRIES`` or 3."""
-    raw = os.environ.get(RETRIES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_RETRIES
-    if not raw.isdigit() or int(raw) > 100:
-        raise LoradynError(f"{RETRIES_ENV} must be a whole number 0..100 of retries, got {raw!r}")
-    return int(raw)
 
 
 class ProcessExecutor:

@@ -24,10 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import LoradynError
 from ..tasks.pulse import reporting
 from ..tasks.registry import TrialResult, get_task
 
-__all__ = ["PackJob", "PackOutcome", "execute_pack", "one_line", "single_thread", "versions"]
+__all__ = ["PackJob", "PackOutcome", "execute_pack", "max_retries", "one_line", "single_thread", "versions"]
+
+RETRIES_ENV = "LORADYN_MAX_RETRIES"
+DEFAULT_RETRIES = 3
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -55,6 +59,16 @@ class PackOutcome:
     seconds: float = 0.0
     pid: int = field(default_factory=os.getpid)
     mismatch: str | None = None
+
+
+def max_retries() -> int:
+    """How often a pack lost to a dead worker process or Ray node runs again: ``LORADYN_MAX_RETRIES`` or 3."""
+    raw = os.environ.get(RETRIES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRIES
+    if not raw.isdigit() or int(raw) > 100:
+        raise LoradynError(f"{RETRIES_ENV} must be a whole number 0..100 of retries, got {raw!r}")
+    return int(raw)
 
 
 def versions() -> tuple[str, str]:

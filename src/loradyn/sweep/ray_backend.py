@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import LoradynError
-from .jobs import PackJob, PackOutcome, execute_pack, one_line
+from .jobs import PackJob, PackOutcome, execute_pack, max_retries, one_line
 
 __all__ = ["CONNECT_TIMEOUT_ENV", "RayExecutor", "check_cluster", "connect_timeout"]
 
@@ -179,7 +179,7 @@ class RayExecutor:
     """Runs packs as Ray tasks, ``capacity`` at a time (``workers`` or the cluster's CPUs).
 
     A pack lost to a system failure (its node or worker process died, its result was lost) is
-    run again by Ray on the nodes left, at most :func:`~loradyn.sweep.executors.max_retries`
+    run again by Ray on the nodes left, at most :func:`~loradyn.sweep.jobs.max_retries`
     times (``max_retries``, ``retry_exceptions=False``); an exception of the trial code is a
     result (the trial is ``failed``) and never retried. Closing an interrupted run cancels the
     tasks in flight.
@@ -189,8 +189,6 @@ class RayExecutor:
 
     def __init__(self, workers: int | None, address: str | None = None, *, quiet: bool = True,
                  on_beat: Any = None, resources: dict[str, float] | None = None, on_note: Any = None) -> None:
-        from .executors import max_retries
-
         ray = _ray()
         self._ray = ray
         self._started = False
