@@ -175,3 +175,16 @@ def test_feature_norm_curves_without_probe_rows_for_the_best_trials(tmp_path, mo
     monkeypatch.setattr(figures, "feature_norm_curves", lambda *a, **k: None)
     md = write_report(tmp_path)["md"].read_text()
     assert "No Z_A / Z_B records for the trials at the best learning rates." in md
+
+
+def test_report_lists_the_trials_the_alarm_stopped(tmp_path):
+    spec = {"name": "alarmed", "base": {"task": {"kind": "synthetic", "width": 32, "n_train": 64, "n_test": 16},
+                                        "train": {"steps": 30}},
+            "grid": {"optim.lr_a": [1e-3, 0.5], "lora.init": ["A", "B"]}, "seeds": 1, "metric": "test_loss"}
+    df = run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    alarmed = df[df["alarm_step"].notna()]
+    assert len(alarmed) >= 1 and (alarmed["status"] == "diverged").all() and (alarmed["optim.lr_a"] == 0.5).all()
+    assert (df.loc[df["optim.lr_a"] == 1e-3, "status"] == "done").all()
+    md = write_report(tmp_path)["md"].read_text()
+    assert f"Trials stopped by the instability alarm ({len(alarmed)})" in md and "lower lr_a" in md
+    assert "alarm_layer" in md and "| hidden |" in md

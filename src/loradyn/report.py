@@ -151,6 +151,7 @@ def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block
     if len(failed):
         failures = [("h3", "Failed trials (one per distinct error)"),
                     ("table", failed[["trial_id", "error"]].drop_duplicates("error").head(10))]
+    failures += _alarm_blocks(df)
     if df.empty:
         return blocks
     view = figures.SweepView.from_results(df, metric=spec.get("metric"), mode=spec.get("mode") or "min")
@@ -198,6 +199,20 @@ def _sweep_blocks(root: Path, sweep_dir: Path, counter: list[int]) -> list[Block
         if len(blocks) == shown:
             blocks.append(("p", "No Z_A / Z_B records for the trials at the best learning rates."))
     return blocks + failures
+
+
+def _alarm_blocks(df) -> list[Block]:
+    """The trials the instability alarm stopped (docs/alarm.md): where, what, and one fix line each."""
+    if "alarm_step" not in df or not df["alarm_step"].notna().any():
+        return []
+    alarmed = df[df["alarm_step"].notna()]
+    cols = [c for c in ("lora.init", "optim.lr_a", "optim.lr_ratio", "lora.rank", "seed", "alarm_step", "alarm_layer",
+                        "alarm_feature", "alarm_value", "alarm_threshold") if c in df]
+    fixes = [("p", line) for line in alarmed["error"].dropna().str.partition("likely fix: ")[2].drop_duplicates().head(3)
+             if line]
+    return [("h3", f"Trials stopped by the instability alarm ({len(alarmed)})"),
+            ("p", "Each was frozen at alarm_step and counts as diverged; the likely fixes:"), *fixes,
+            ("table", alarmed[cols].head(20))]
 
 
 def _created(sweep_dir: Path) -> float:
