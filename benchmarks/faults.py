@@ -9,7 +9,8 @@ Kinds of kill (``--kinds``):
 * ``ray-driver`` — ``kill -9`` of an ``--executor ray`` driver; then the same command again.
 
 A moment is uniform between 0 and the duration of an uninterrupted run of that executor, so kills
-land in start-up, mid-pack and mid-commit alike. After each sweep: ``PRAGMA integrity_check`` right
+land in start-up, mid-pack and mid-commit alike; a kill drawn after the sweep already ended counts
+as missed, and sweeps go on until ``--n`` kills of each kind landed. After each sweep: ``PRAGMA integrity_check`` right
 after the kill and at the end, the resumes it took, completed trials lost (finished before a kill,
 missing or changed after), duplicates (a finished trial written again, or curve rows that differ
 in number from the reference), and results that differ from an uninterrupted reference run
@@ -220,6 +221,7 @@ def summary(records: list[dict]) -> list[dict]:
             continue
         rows.append({
             "kill": kind, "sweeps": len(mine), "kills": sum(r["landed"] for r in mine),
+            "missed (sweep over)": sum(not r["landed"] for r in mine),
             "mid-sweep": sum(r["landed"] and 0 < r["finished_at_kill"] < 32 for r in mine),
             "packs rerun in-run": sum(r["retried"] > 0 for r in mine),
             "resumes": sum(r["resumes"] for r in mine), "incomplete": sum(not r["completed"] for r in mine),
@@ -256,7 +258,7 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=20, help="sweeps per kind of kill")
+    parser.add_argument("--n", type=int, default=20, help="kills per kind (sweeps run until that many landed)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--work", default="/tmp/loradyn-faults", help="scratch folder for the sweeps")
@@ -291,11 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# reference runs: {info['uninterrupted_seconds']} s", flush=True)
     records = []
     try:
-        for kind in kinds:
-            for i in range(args.n):
+        for kind in kinds:  # until n kills landed (a kill after the sweep ended is drawn again), at most 3n sweeps
+            landed = i = 0
+            while landed < args.n and i < 3 * args.n:
                 rec = one_sweep(kind, i, spec, work, reference, durations, rng,
                                 cluster if kind in ("node", "ray-driver") else None)
                 records.append(rec)
+                landed, i = landed + rec["landed"], i + 1
                 print(json.dumps(rec), flush=True)
     finally:
         if cluster is not None:
