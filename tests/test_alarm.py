@@ -101,6 +101,7 @@ def test_likely_fix_names_each_cause():
     rs = likely_fix(a, init="A", lr_ratio=1.0, rank=128, alpha_rule="rslora")
     assert "rsLoRA at rank 128" in rs and "r^-1/4" in rs and "arXiv 2602.06204" in rs
     assert "rsLoRA" not in likely_fix(a, init="A", rank=8, alpha_rule="rslora")  # low rank: not the cause
+    assert "rsLoRA" not in likely_fix(a, init="B", rank=128, alpha_rule="rslora")  # μA's rank rule is Init[A]'s
     assert "lora_alpha proportional to r at rank 64" in likely_fix(a, rank=64, alpha_rule="1")
     assert "rank" not in likely_fix(a, rank=256, alpha_rule="alpha/r")  # fixed alpha: lr does not move with r
     assert likely_fix(a, alpha_rule="nonsense") == "lower lr_a (try 1/4 of it)"

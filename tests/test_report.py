@@ -179,7 +179,7 @@ def test_feature_norm_curves_without_probe_rows_for_the_best_trials(tmp_path, mo
 
 def test_report_lists_the_trials_the_alarm_stopped(tmp_path):
     spec = {"name": "alarmed", "base": {"task": {"kind": "synthetic", "width": 32, "n_train": 64, "n_test": 16},
-                                        "train": {"steps": 30}},
+                                        "train": {"steps": 30, "alarm": {"z_b_ratio": 2.0}}},
             "grid": {"optim.lr_a": [1e-3, 0.5], "lora.init": ["A", "B"]}, "seeds": 1, "metric": "test_loss"}
     df = run_sweep(spec, tmp_path, executor="serial", quiet=True)
     alarmed = df[df["alarm_step"].notna()]

@@ -75,7 +75,7 @@ class AlarmSpec:
     every: int = 1
     window: int = 5
     loss_growth: float | None = 4.0
-    z_b_ratio: float | None = 8.0
+    z_b_ratio: float | None = 16.0
     update_ratio: float | None = 8.0
 
     def __post_init__(self) -> None:
@@ -255,8 +255,8 @@ def likely_fix(alarm: Alarm | None, init: str | None = None, lr_ratio: float | N
 
     Always: lower ``lr_a``. With Init[B]: a lower lr or Init[A] (Init[B] needs lr ∝ 1/width,
     arXiv 2406.08447). With LoRA+ (``lr_ratio > 1``): a smaller ratio (arXiv 2402.12354).
-    With rsLoRA (or lora_alpha ∝ r) at a high rank: the optimal lr_a falls with the rank (μA,
-    arXiv 2602.06204), so transfer it from a lower rank.
+    With rsLoRA (or lora_alpha ∝ r) at a high rank (≥ :data:`HIGH_RANK`) under Init[A]: the optimal
+    lr_a falls with the rank (μA, arXiv 2602.06204), so transfer it from a lower rank.
     """
     from .scaling import canonical_alpha_rule
 
@@ -270,7 +270,7 @@ def likely_fix(alarm: Alarm | None, init: str | None = None, lr_ratio: float | N
         rule = canonical_alpha_rule(alpha_rule) if alpha_rule is not None else None
     except ValueError:
         rule = None
-    if rule in _RANK_RULE and rank is not None and rank >= HIGH_RANK:
+    if rule in _RANK_RULE and rank is not None and rank >= HIGH_RANK and init != "B":  # μA's Init[A] rule
         name, law = _RANK_RULE[rule]
         parts.append(f"{name} at rank {rank}: the optimal lr_a falls as {law} (arXiv 2602.06204); transfer it "
                      f"from a lower rank (loradyn suggest-lr --rank R0 {rank}) or use a fixed lora_alpha")
