@@ -28,9 +28,10 @@ TINY = ["task.n_train=32", "task.n_test=8", "experiment.widths=[32,64,128]", "ex
 
 
 def test_a_tiny_run_writes_results_table_figures_and_verdicts(tmp_path):
-    summary = reproduce("coord-check", out=tmp_path, seeds=2, overrides=[*TINY, "task.form=residual"],
+    summary = reproduce("coord-check", out=tmp_path, seeds=2, overrides=[*TINY, "task.form=residual", "optim.lr_ratio=2"],
                         executor="serial", quiet=True)
     runs = pd.read_csv(tmp_path / "results.csv")
+    assert ((runs["optim.lr_b"] / runs["optim.lr_a"]).round(9) == 2).all()  # the trial's optimizer is used
     assert len(runs) == 3 * 2 * 3 * 2  # widths x inits x offsets x seeds, one row per run
     assert set(runs["gamma"].round(2)) == {-0.75, -0.5, -0.25, -1.25, -1.0}
     lr128 = runs[(runs["task.width"] == 128) & (runs["lora.init"] == "A") & (runs["offset"] == 0)]["optim.lr_a"].iloc[0]

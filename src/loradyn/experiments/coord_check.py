@@ -107,7 +107,8 @@ def _measure(ctx: Context, p: Params) -> pd.DataFrame:
         marks.unlink(missing_ok=True)
     else:
         frames[0].to_csv(partial, index=False)  # without the rows of an unfinished block
-    factories = {init: make_model(_spec(ctx, p, init)) for init in p.inits}
+    specs = {init: _spec(ctx, p, init) for init in p.inits}
+    factories = {init: make_model(spec) for init, spec in specs.items()}
     for n in p.widths:
         for seed in range(p.seeds):  # seed-major: the frozen parts of (n, seed) are shared by every block
             for init in p.inits:
@@ -118,8 +119,10 @@ def _measure(ctx: Context, p: Params) -> pd.DataFrame:
                     gamma = COORD_LR_EXPONENT[init] + off
                     c = p.lr_A if init == "A" else p.lr_B
                     t0 = time.perf_counter()
+                    o = specs[init].optim  # the trial's optimizer (lr_ratio, betas, ε, decay); lr from γ
                     table = coord_check(factories[init], [n], lr=c * (n / p.widths[0]) ** gamma, steps=p.steps,
-                                        seeds=[seed], loss=student_loss)
+                                        seeds=[seed], loss=student_loss, lr_ratio=o.lr_ratio, optimizer=o.name,
+                                        betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
                     table["seconds"] = time.perf_counter() - t0
                     table.insert(0, "offset", off)
                     table.insert(0, "gamma", gamma)
