@@ -136,6 +136,7 @@ TINY_EXPERIMENT = {
                       "experiment.lr_B=0.002"],
     "loraplus-heatmap": ["experiment.widths=[32,64]", "experiment.lr_a_span=1.0", "experiment.ratio_log2=[0,2]"],
     "rank-lr": ["experiment.width=32", "experiment.ranks=[1,4]", "experiment.lr_step=1.0", "experiment.span=1.0"],
+    "coord-check": ["experiment.widths=[32,64]"],
 }
 TINY_REAL = ["task.model=tiny-bert", "task.n_train=32", "task.n_val=16", "task.n_test=16", "train.steps=2",
              "optim.lr_a=[0.001,0.01]", "optim.lr_ratio=[1.0]"]
