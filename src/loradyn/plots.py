@@ -356,6 +356,8 @@ def plot_coord_check(
     ``row``); module rows are averaged. ``steps``: the steps drawn (default: every recorded one).
     """
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     rows = [None] if row is None else list(dict.fromkeys(table[row]))
     fig, axes = plt.subplots(len(rows), len(features), figsize=(3.3 * len(features), 2.8 * len(rows)),
                              squeeze=False)
@@ -375,6 +377,8 @@ def plot_coord_check(
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.minorticks_off()  # (minor log ticks on 15+ panels cost seconds at save time)
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
             ax.tick_params(labelsize=7)
             ax.set_title(feature if row is None else f"{feature}, {row}={r:g}", fontsize=8)
             if i == len(rows) - 1:
