@@ -186,3 +186,18 @@ def test_dora_is_refused_in_one_line():
     model = peft.get_peft_model(net, peft.LoraConfig(r=2, target_modules=["2"], use_dora=True))
     with pytest.raises(LoradynError, match="DoRA"):
         loradyn.coord_check(lambda n, s: model, [8], lr=0.01, steps=1, seeds=1, batch=data(torch.float32), loss=mse)
+
+
+def test_the_figure_has_one_panel_per_feature_and_row_and_one_line_per_step():
+    pytest.importorskip("matplotlib")
+    from loradyn.plots import plot_coord_check
+
+    table = loradyn.coord_check(lambda n, s: mlp(n, s), [8, 16], lr=0.01, steps=3, seeds=2, batch=data(), loss=mse)
+    table = pd.concat([table.assign(gamma=-0.5), table.assign(gamma=-0.25)])
+    fig = plot_coord_check(table, row="gamma", features=("z_a", "dz_b"), title="t")
+    axes = fig.get_axes()
+    assert len(axes) == 4 and axes[0].get_xscale() == "log" and axes[0].get_yscale() == "log"
+    assert [line.get_label() for line in axes[0].get_lines()] == ["t=0", "t=1", "t=2", "t=3"]
+    assert [line.get_label() for line in axes[1].get_lines()] == ["t=1", "t=2", "t=3"]  # changes start at step 1
+    x, y = axes[1].get_lines()[0].get_data()
+    assert list(x) == [8, 16] and len(y) == 2
