@@ -2,7 +2,8 @@
 CPU); Ray is imported lazily.
 
 It connects to ``ray_address`` (``auto``, ``ray://host:10001``, ...) or, without one, starts a
-local Ray instance (``ray.init(num_cpus=workers, include_dashboard=False)``) that it shuts down
+local Ray instance (``ray.init(address="local", num_cpus=workers, include_dashboard=False)``: a new
+one even where another Ray cluster runs on this machine) that it shuts down
 when the sweep ends. If Ray is already initialised in this process, that instance is reused and
 left running. The driver keeps the store: Ray tasks only compute and return results, so the
 store needs no shared filesystem. Packs should hold >= ~1 s of work (Ray's per-task overhead is
@@ -83,6 +84,32 @@ def _stderr_into(sink: Any) -> Iterator[None]:
         os.close(saved)
 
 
+def _silence_until_done(thread: threading.Thread) -> None:
+    """Ray's connecting thread goes on after the deadline and its C++ code logs to file descriptor 2
+    ("Failed to connect to GCS ..."): send descriptor 2 to /dev/null until that thread ends, and
+    Python's own ``sys.stderr`` (the one-line error) to the real stderr meanwhile."""
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    previous = sys.stderr
+    sys.stderr = os.fdopen(os.dup(real), "w", buffering=1, encoding=getattr(previous, "encoding", None) or "utf-8")
+
+    def restore() -> None:
+        thread.join()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+            os.dup2(real, 2)
+            os.close(real)
+            sys.stderr = previous
+
+    threading.Thread(target=restore, name="loradyn-ray-connect-watch", daemon=True).start()
+
+
 def _connect(ray: Any, address: str, kwargs: dict[str, Any], quiet: bool) -> None:
     """``ray.init(address=...)`` within :func:`connect_timeout` seconds, or one line."""
     timeout = connect_timeout()
@@ -106,6 +133,8 @@ def _connect(ray: Any, address: str, kwargs: dict[str, Any], quiet: bool) -> Non
         if not thread.is_alive() and "error" not in outcome and not quiet:
             held.seek(0)
             sys.stderr.write(held.read())
+    if thread.is_alive():
+        _silence_until_done(thread)
     err = outcome.get("error")
     if thread.is_alive() or isinstance(err, OSError):  # OSError: refused, unreachable, no cluster
         why = one_line(err) if err is not None else "no answer"
@@ -200,7 +229,8 @@ class RayExecutor:
                 _connect(ray, address, kwargs, quiet)
             else:
                 try:
-                    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+                    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                             **kwargs)
                 except (ConnectionError, RuntimeError, ValueError) as err:
                     raise LoradynError(f"could not start a local Ray instance: {one_line(err)}") from None
             self._started = True
