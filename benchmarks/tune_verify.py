@@ -196,7 +196,7 @@ def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict)
     spec = _spec(task, init, alpha, s, s["grid"], s["seeds"])
     proxy = ["lora.rank=4"] + (["lora.alpha=4.0"] if alpha == "prop" else [])
     t0 = time.perf_counter()
-    result = loradyn.tune(spec, out=out / "tune", proxy=proxy, **run_kw)
+    result = loradyn.tune(spec, out=out / "tune", proxy=proxy, prune=s.get("prune", False), **run_kw)
     tune_wall = time.perf_counter() - t0
     rec = result.recommendation
     t0 = time.perf_counter()
@@ -284,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fft", action="store_true", help="skip the LoRA -> full finetuning check")
     parser.add_argument("--out", default=None, help="output folder (default runs/tune-verify[-quick])")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--prune", action="store_true", help="tune with Optuna's successive-halving pruner")
     parser.add_argument("--model", default="minilm", help="minilm, or tiny-bert for a smoke test of the script")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mode's)")
     parser.add_argument("--executor", default="process", choices=("serial", "process", "ray"))
     args = parser.parse_args(argv)
-    s = dict(_settings(args.quick), model=args.model)
+    s = dict(_settings(args.quick), model=args.model, prune=args.prune)
     if args.steps:
         s.update(steps=args.steps, warmup=min(s["warmup"], max(args.steps // 10, 0)))
     if args.cases:
@@ -325,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"quick": args.quick, "date": datetime.date.today().isoformat(), "machine": cpu,
               "cpus": os.cpu_count(), "workers": args.workers, "wall_s": wall, "trials": trials, "trial_seconds": trial_s,
               "settings": {k: v for k, v in s.items()}, "cases": done, "fft": fft, "full_run_estimate": estimate,
-              "command": "python benchmarks/tune_verify.py" + (" --quick" if args.quick else "")}
-    target = ROOT / "benchmarks" / "results" / f"tune_verify{'_quick' if args.quick else ''}.json"
+              "command": "python benchmarks/tune_verify.py" + (" --quick" if args.quick else "")
+              + (" --prune" if args.prune else "")}
+    target = ROOT / "benchmarks" / "results" / f"tune_verify{'_quick' if args.quick else ''}{'_prune' if args.prune else ''}.json"
     target.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(_table(done, fft))
     for c in done:

@@ -44,7 +44,7 @@ def run_counts(directory: Path) -> tuple[int, int]:
 def test_python_flow_writes_the_recommendation_and_resumes(tmp_path):
     out = tmp_path / "tune"
     result = loradyn.tune(spec(), out=out, proxy=["lora.rank=2"], target=["lora.rank=16"], executor="serial",
-                          quiet=True)
+                          quiet=True, prune=True)
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["lr_a"] == result.recommendation["lr_a"] and result.files["plot"] == str(out / "tune.png")
     assert rec["init"] == "A" and rec["lr_ratio"] == 1.0 and rec["lr_b"] == pytest.approx(rec["lr_a"])
@@ -63,7 +63,7 @@ def test_python_flow_writes_the_recommendation_and_resumes(tmp_path):
     # resume: the same call trains nothing and decides the same
     before = run_counts(out / "proxy"), run_counts(out / "confirm")
     again = loradyn.tune(spec(), out=out, proxy=["lora.rank=2"], target=["lora.rank=16"], executor="serial",
-                         quiet=True)
+                         quiet=True, prune=True)
     assert (run_counts(out / "proxy"), run_counts(out / "confirm")) == before
     assert again.recommendation["lr_a"] == rec["lr_a"] and again.recommendation["decision"] == rec["decision"]
 
@@ -71,7 +71,7 @@ def test_python_flow_writes_the_recommendation_and_resumes(tmp_path):
 def test_cli_flow_with_init_axis_and_loraplus(spec_path, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["tune", str(spec_path), "--proxy", "lora.rank=2", "--target", "lora.rank=16", "optim.lr_ratio=4",
-                 "--out", str(out), "--executor", "serial", "--quiet", "optim.lr_ratio=4"])
+                 "--out", str(out), "--executor", "serial", "--quiet", "--prune", "optim.lr_ratio=4"])
     assert code == 0, capsys.readouterr().err
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["init"] in ("A", "B") and rec["lr_ratio"] == 4.0 and rec["lr_b"] == pytest.approx(4 * rec["lr_a"])
@@ -83,7 +83,7 @@ def test_cli_flow_with_init_axis_and_loraplus(spec_path, tmp_path, capsys):
 def test_cli_prints_the_recommendation_and_snippet(spec_path, tmp_path, capsys):
     out = tmp_path / "loud"
     assert main(["tune", str(spec_path), "--target", "lora.init=B", "--out", str(out), "--executor", "serial",
-                 "--no-prune", "--seeds", "2"]) == 0
+                 "--seeds", "2"]) == 0
     text = capsys.readouterr().out
     assert "tune: recommended init B" in text and "LoraConfig(" in text and "TrainingArguments(" in text
     assert re.search(r"compute .* trial-s \(\d+ trials\) vs the full grid's estimated", text)
@@ -154,7 +154,7 @@ def test_python_trial_with_alpha_rule_given_tunes(tmp_path, capsys):
                                     "seeds": 2, "metric": "loss", "mode": "min"}))
     out = tmp_path / "py"
     assert main(["tune", str(path), "--proxy", "lora.rank=2", "--alpha-rule", "1/r", "--out", str(out),
-                 "--executor", "serial", "--quiet", "--no-prune"]) == 0, capsys.readouterr().err
+                 "--executor", "serial", "--quiet"]) == 0, capsys.readouterr().err
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["transfer"]["alpha_rule"] == "1/r" and rec["transferred_lr_a"] == rec["proxy"]["optimum"]["lr_a"]
     assert rec["lr_ratio"] == 1.0  # the user's trial has no optim.lr_ratio: plain LoRA
@@ -168,14 +168,14 @@ def test_python_trial_with_alpha_rule_given_tunes(tmp_path, capsys):
 def test_budget_too_small(spec_path, tmp_path, capsys, budget, match):
     code = main(["tune", str(spec_path), "--proxy", "lora.rank=2", "optim.lr_a=[0.001,0.004,0.016]",
                  "--target", "lora.init=A", "--out", str(tmp_path / "b"), "--executor", "serial", "--quiet",
-                 "--budget", budget])
+                 "--prune", "--budget", budget])
     assert code == 2 and match in one_line(capsys)
 
 
 def test_budget_stops_between_stages_and_a_rerun_resumes(spec_path, tmp_path, capsys):
     out = tmp_path / "b"
     args = ["tune", str(spec_path), "--proxy", "lora.rank=2", "optim.lr_a=[0.001,0.004,0.016]", "--target",
-            "lora.init=A", "--out", str(out), "--executor", "serial", "--quiet"]
+            "lora.init=A", "--out", str(out), "--executor", "serial", "--quiet", "--prune"]
     assert main([*args, "--budget", "12"]) == 2  # the proxy ran part-way, then the budget said no
     assert "re-running resumes" in one_line(capsys)
     with sqlite3.connect(out / "proxy" / "sweep.db") as db:

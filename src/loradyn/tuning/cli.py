@@ -47,8 +47,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("grid", "tpe"), default="grid",
                    help="Optuna sampler of the proxy: grid (every coarse point) or tpe (--proxy-trials points)")
     p.add_argument("--proxy-trials", type=int, default=None, metavar="N", help="points the tpe search asks for")
-    p.add_argument("--no-prune", action="store_true",
-                   help="train every proxy point the full proxy steps (default: successive halving prunes)")
+    p.add_argument("--prune", action="store_true",
+                   help="successive halving (Optuna's pruner): every proxy point first trains 1/3 of the steps, only "
+                        "the promoted ones all of them; pays for long trials or large spaces (default: off)")
     p.add_argument("--budget", default=None, metavar="N|Ns|Nm|Nh",
                    help="at most N trials, or that many trial-seconds (600s, 10m, 1.5h)")
     p.add_argument("--executor", choices=("serial", "process", "ray"), default="process")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = tune(args.spec, out=args.out, proxy=args.proxy, target=args.target, overrides=args.overrides,
                   seeds=args.seeds, alpha_rule=args.alpha_rule, width=args.width, search=args.search,
-                  proxy_trials=args.proxy_trials, prune=not args.no_prune, budget=args.budget,
+                  proxy_trials=args.proxy_trials, prune=args.prune, budget=args.budget,
                   executor=args.executor, workers=args.workers, quiet=args.quiet)
     if result.plain_sweep is not None:
         print(f"loradyn: error: {result.message}", file=sys.stderr, flush=True)
