@@ -44,6 +44,7 @@ class ToyTaskSpec:
     exit_lr_above: float | None = None  # the worker process dies (os._exit) on such a pack
     die_once: str | None = None  # flag file: the first pack to create it SIGKILLs its process mid-pack
     log: str | None = None  # like LORADYN_TOY_LOG, for processes that do not share the driver's environment
+    unpicklable_lr_above: float | None = None  # such a trial's result holds a lambda (cannot leave its process)
     pack_size: int = 4
     probes: bool = False
 
@@ -142,6 +143,8 @@ def run_pack(configs):
         except Exception as err:
             res = TrialResult("failed", error=f"{type(err).__name__}: {err}")
         res.seconds = time.perf_counter() - start
+        if cfg.task.unpicklable_lr_above is not None and cfg.optim.lr_a > cfg.task.unpicklable_lr_above:
+            res.curves = [{"step": 1, "metric": "x", "value": lambda: 0}]
         out.append(res)
     return out
 

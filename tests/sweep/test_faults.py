@@ -64,6 +64,16 @@ def test_a_trial_that_raises_is_failed_not_retried(tmp_path, monkeypatch):
     assert collections.Counter(line[0] for line in _log(log)).most_common(1)[0][1] == 1
 
 
+def test_a_result_that_cannot_leave_its_worker_fails_its_pack_and_the_worker_goes_on(tmp_path):
+    spec = sweep_toy.toy_sweep(grid={"optim.lr_a": [0.001, 0.01, 0.002, 0.003]})
+    spec["base"]["task"].update(unpicklable_lr_above=0.005, pack_size=2)
+    df = run_sweep(spec, tmp_path / "s", executor="process", workers=1, quiet=True)
+    bad = df[df["optim.lr_a"] == 0.01]
+    assert set(bad["status"]) == {"failed"}
+    assert bad["error"].str.startswith("the pack's result could not be sent to the driver: ").all()
+    assert set(df[df["optim.lr_a"] != 0.01]["status"]) == {"done"}
+
+
 def _group_alive(pgid: int) -> list[int]:
     """Live (non-zombie) processes of the process group ``pgid``."""
     alive = []

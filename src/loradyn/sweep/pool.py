@@ -15,6 +15,7 @@ even before that moment leaves nothing behind. Workers ignore Ctrl-C; the driver
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .jobs import PackJob, PackOutcome, execute_pack, single_thread
+from .jobs import PackJob, PackOutcome, execute_pack, one_line, single_thread
 
 __all__ = ["WorkerPool", "describe_exit", "die_with_parent"]
 
@@ -61,7 +62,12 @@ def _worker_main(conn: Connection, parent_pid: int, gpu: str | None) -> None:
         if message is None:
             return
         handle, job = message
-        send(("done", handle, execute_pack(job, lambda pack, done, total: send(("beat", pack, done, total)))))
+        outcome = execute_pack(job, lambda pack, done, total: send(("beat", pack, done, total)))
+        try:
+            send(("done", handle, outcome))
+        except (pickle.PicklingError, TypeError, AttributeError) as err:  # a result that cannot be pickled
+            send(("done", handle, PackOutcome(None, f"the pack's result could not be sent to the driver: "
+                                                    f"{one_line(err)}", outcome.seconds)))
 
 
 def describe_exit(code: int | None) -> str:
@@ -146,7 +152,14 @@ class WorkerPool:
         """Take every message waiting on ``slot``'s pipe; False when the pipe is closed."""
         try:
             while slot.conn.poll():
-                message = slot.conn.recv()
+                try:
+                    message = slot.conn.recv()
+                except (EOFError, OSError):
+                    raise
+                except Exception as err:  # noqa: BLE001 - a result this process cannot unpickle
+                    if slot.job is not None:
+                        self._finish(slot, PackOutcome(None, f"could not read the pack's result: {one_line(err)}"))
+                    continue
                 if message[0] == "beat":
                     if self._on_beat is not None:
                         self._on_beat(*message[1:])
