@@ -22,6 +22,7 @@ from ..errors import LoradynError
 __all__ = ["connect_reader", "connect_writer", "db_timeout", "explain", "make_directory", "store_errors"]
 
 TIMEOUT_ENV = "LORADYN_DB_TIMEOUT"
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def db_timeout() -> float:
@@ -80,7 +81,11 @@ def store_errors(path: Path) -> Iterator[None]:
     """Turn SQLite and OS errors met on the store ``path`` into :func:`explain`'s one line."""
     try:
         yield
-    except (sqlite3.Error, OSError) as err:
+    except sqlite3.Error as err:
+        raise explain(err, Path(path)) from None
+    except OSError as err:
+        if err.filename is None and err.errno not in _DISK_ERRNOS:
+            raise  # not a file's or a disk's failure (a broken pipe, a refused connection)
         raise explain(err, Path(path)) from None
 
 
