@@ -80,6 +80,7 @@ class AlarmCallback(TrainerCallback):
         if not self.spec.enabled:
             return
         target = self.model if self.model is not None else model
+        self.alarm = self.line = None  # a new train() call watches afresh
         handles = [h for h in iter_lora_layers(target) if h.is_active()]
         if not handles:
             raise LoradynError("the alarm needs active LoRA adapters on the model: add them with "
