@@ -47,7 +47,7 @@ ALPHAS = {"fixed": {"alpha": 16.0, "rslora": False}, "rslora": {"alpha": 16.0, "
 RULES = {"fixed": "1/r", "rslora": "1/sqrt(r)", "prop": "1"}
 FULL = {"tasks": ["sentiment", "trec6"], "inits": ["A", "B"], "alphas": ["fixed", "rslora", "prop"],
         "steps": 100, "warmup": 10, "n_train": 0, "n_val": {"sentiment": 1000, "trec6": 500}, "n_test": 100,
-        "grid": [-16, -6], "fft_grid": [-18, -10], "seeds": 3, "fft_seeds": 3}
+        "grid": [-15, -7], "fft_grid": [-18, -10], "seeds": 3, "fft_seeds": 3}
 QUICK = {"tasks": ["sentiment"], "cases": ["sentiment:A:fixed", "sentiment:B:prop"], "steps": 30, "warmup": 3,
          "n_train": 640, "n_val": {"sentiment": 200, "trec6": 200}, "n_test": 50, "grid": [-12, -8],
          "fft_grid": [-15, -11], "seeds": 2, "fft_seeds": 1}

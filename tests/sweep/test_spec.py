@@ -141,7 +141,7 @@ def test_flatten():
         ({"metric": "test_los"}, "metric 'test_los' is not a metric of task 'toy'; set metric to one of: final_loss"),
         ({"metric": "accuracy"}, "set metric to one of: final_loss"),
         ({"mode": "max"}, "mode 'max' contradicts metric 'final_loss', which task 'toy' minimises"),
-        ({"grid": {"optim.lr_a": {"log2": [0, 2000, 1]}}}, "grid.optim.lr_a: {'log2': [0, 2000, 1]} leaves the float"),
+        ({"grid": {"optim.lr_a": {"log2": [0, 2000, 1]}}}, "grid.optim.lr_a: log2 grid [0, 2000, 1]: exponents must lie in [-1000, 1000]"),
         ({"grid": {"optim.lr_a": {"log2": [-1e308, 1e308, 1]}}}, "grid.optim.lr_a"),
         ({"bogus": 1}, "unknown key bogus in sweep spec; valid keys"),
         ({"base": {"lora": {"rank": 4}}}, "base.task.kind is required"),
