@@ -180,3 +180,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for subprocesses a test interrupts: SIGINT at its default even where the test
+    run itself ignores it (a shell starts background jobs, ``make test &``, with SIGINT ignored, and
+    Python then never turns it into KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -171,7 +171,7 @@ def test_ctrl_c_on_the_process_executor_stops_the_workers_quietly_and_hands_tria
     proc = subprocess.Popen(
         [sweep_toy.PYTHON, "-m", "loradyn", "sweep", str(path), "--out", str(out), "--executor", "process",
          "--workers", "2", "--quiet"], env=sweep_toy.subprocess_env(LORADYN_TOY_LOG=str(log)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=sweep_toy.interruptible)
     deadline = time.monotonic() + 60
     while len(_log(log)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)

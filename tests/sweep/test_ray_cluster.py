@@ -168,7 +168,7 @@ def test_ctrl_c_cancels_the_tasks_in_flight_and_hands_their_trials_back(nodes, t
     spec, out, log = tmp_path / "s.yaml", tmp_path / "o", tmp_path / "exec.log"
     spec.write_text(yaml.safe_dump(_spec(sleep=3.0, log=str(log))))  # a pack takes 6 s
     proc = subprocess.Popen(_cli(spec, out, nodes.address), env=sweep_toy.subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sweep_toy.interruptible)
     deadline = time.monotonic() + 120
     while len(_log(log)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

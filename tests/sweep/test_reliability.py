@@ -36,7 +36,8 @@ def _cli(spec, out, executor, log, workers=1):
     cmd = [sweep_toy.PYTHON, "-m", "loradyn", "sweep", str(spec), "--out", str(out), "--executor", executor,
            "--workers", str(workers), "--quiet"]
     return subprocess.Popen(cmd, env=sweep_toy.subprocess_env(LORADYN_TOY_LOG=str(log)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=sweep_toy.interruptible)
 
 
 def _finished(out) -> set[str]:
