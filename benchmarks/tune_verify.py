@@ -56,7 +56,7 @@ QUICK = {"tasks": ["sentiment"], "cases": ["sentiment:A:fixed", "sentiment:B:pro
 def fft_trial(config, report):
     """Full finetuning of MiniLM on a classification preset: a ``python``-kind trial.
 
-    Every weight trains with AdamW at ``optim.lr_a`` (linear warm-up, then constant, as loradyn's
+    On the GPU where there is one (as ``train.device: auto``). Every weight trains with AdamW at ``optim.lr_a`` (linear warm-up, then constant, as loradyn's
     LoRA trials), the head drawn from the seed as loradyn draws it; the data, batches and evaluation
     are those of the ``sentiment`` / ``trec6`` kinds (:mod:`loradyn.tasks.recipes`).
     """
@@ -72,11 +72,13 @@ def fft_trial(config, report):
     data = dict(config["data"])
     task = spec_from_dict({"sentiment": SentimentSpec, "trec6": Trec6Spec}[data["kind"]], data)
     recipe = recipe_for(task)
+    recipe.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as train.device=auto
     seed, train, optim = config["seed"], config["train"], config["optim"]
     torch.manual_seed(seed)
     model = recipe.base_model()
     with torch.no_grad():
         reset_head_(model.classifier, seed)
+    model.to(recipe.device)
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm", help="minilm, or tiny-bert for a smoke test of the script")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mode's)")
     parser.add_argument("--executor", default="process", choices=("serial", "process", "ray"))
+    parser.add_argument("--json", default=None, help="where the JSON goes (default benchmarks/results/tune_verify*.json)")
     args = parser.parse_args(argv)
     s = dict(_settings(args.quick), model=args.model, prune=args.prune)
     if args.steps:
@@ -302,6 +305,28 @@ def main(argv: list[str] | None = None) -> int:
     run_kw = {"executor": args.executor, "workers": args.workers, "quiet": True}
     start = time.perf_counter()
     done, fft = [], []
+    cpu = (os.popen("lscpu | grep 'Model name'").read().split(":", 1)[-1].strip() or platform.processor())
+    full_cases = len(FULL["tasks"]) * len(FULL["inits"]) * len(FULL["alphas"])
+    target = ROOT / "benchmarks" / "results" / f"tune_verify{'_quick' if args.quick else ''}{'_prune' if args.prune else ''}.json"
+    if args.json:
+        target = Path(args.json)
+
+    def write() -> dict:  # after every case, so that a run cut short keeps what it measured
+        trials = sum(c["tune_trials"] + c["full_trials"] for c in done) + sum(f["trials"] for f in fft)
+        trial_s = (sum(c["tune_trial_seconds"] + c["full_trial_seconds"] for c in done)
+                   + sum(f["trial_seconds"] for f in fft))
+        report = {"quick": args.quick, "date": datetime.date.today().isoformat(), "machine": cpu,
+                  "device": _device_name(), "cpus": os.cpu_count(), "workers": args.workers,
+                  "wall_s": time.perf_counter() - start, "trials": trials, "trial_seconds": trial_s,
+                  "settings": {k: v for k, v in s.items()}, "cases": done, "fft": fft,
+                  "cases_asked": cases, "complete": len(done) == len(cases),
+                  "full_run_estimate": _estimate_full(done, s, full_cases, args.workers),
+                  "command": "python benchmarks/tune_verify.py" + (" --quick" if args.quick else "")
+                  + (" --prune" if args.prune else "") + (f" --cases {args.cases}" if args.cases else "")}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        return report
+
     for name in cases:
         task, init, alpha = name.split(":")
         t0 = time.perf_counter()
@@ -310,26 +335,16 @@ def main(argv: list[str] | None = None) -> int:
         done.append(case)
         print(f"{name}: transferred/measured {case['transferred_over_measured']:.2f}, compute "
               f"{case['compute_fraction_measured']:.0%}, {case['wall_s']:.0f} s", flush=True)
-    if not args.no_fft:
-        for case in done:
-            if case["init"] == "B" and case["alpha"] == "prop":
-                t0 = time.perf_counter()
-                f = run_fft(case["task"], case, s, out / f"{case['task']}-fft", run_kw)
-                f["wall_s"] = time.perf_counter() - t0
-                fft.append(f)
-    wall = time.perf_counter() - start
-    cpu = (os.popen("lscpu | grep 'Model name'").read().split(":", 1)[-1].strip() or platform.processor())
-    trials = sum(c["tune_trials"] + c["full_trials"] for c in done) + sum(f["trials"] for f in fft)
-    trial_s = sum(c["tune_trial_seconds"] + c["full_trial_seconds"] for c in done) + sum(f["trial_seconds"] for f in fft)
-    full_cases = len(FULL["tasks"]) * len(FULL["inits"]) * len(FULL["alphas"])
-    estimate = _estimate_full(done, s, full_cases, args.workers)
-    report = {"quick": args.quick, "date": datetime.date.today().isoformat(), "machine": cpu,
-              "cpus": os.cpu_count(), "workers": args.workers, "wall_s": wall, "trials": trials, "trial_seconds": trial_s,
-              "settings": {k: v for k, v in s.items()}, "cases": done, "fft": fft, "full_run_estimate": estimate,
-              "command": "python benchmarks/tune_verify.py" + (" --quick" if args.quick else "")
-              + (" --prune" if args.prune else "")}
-    target = ROOT / "benchmarks" / "results" / f"tune_verify{'_quick' if args.quick else ''}{'_prune' if args.prune else ''}.json"
-    target.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        write()
+        if not args.no_fft and init == "B" and alpha == "prop":  # the LoRA -> FFT check right after its case
+            t0 = time.perf_counter()
+            f = run_fft(task, case, s, out / f"{task}-fft", run_kw)
+            f["wall_s"] = time.perf_counter() - t0
+            fft.append(f)
+            print(f"{task} LoRA -> full finetuning: {f['wall_s']:.0f} s", flush=True)
+            write()
+    report = write()
+    wall, trials, trial_s, estimate = report["wall_s"], report["trials"], report["trial_seconds"], report["full_run_estimate"]
     print(_table(done, fft))
     for c in done:
         for v in c["verdicts"]:
@@ -340,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{estimate['cpu_hours']:.1f} CPU-h, about {estimate['wall_hours']:.1f} h on {args.workers} workers")
     print(f"wrote {target}")
     return 0
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def _estimate_full(done: list[dict], s: dict, n_cases: int, workers: int) -> dict:
