@@ -10,6 +10,11 @@ Merged inference: forward under ``torch.no_grad`` of a merged ``LoRALinear`` vs 
 
 Goals: loradyn / PEFT <= 0.95 (fwd+bwd); merged inference / bare <= 1.03.
 
+Host facts in the JSON: the CPU model, GFLOP/s of a 2048 x 576 x 1536 GEMM in float32 and bf16 in
+each layout (forward ``x @ W.T``, autograd's backward ``grad @ W`` and ``grad @ (W.T contiguous).T``),
+and the half-precision workarounds :func:`loradyn.half_gemm.half_plan` chose on this host
+(``LORADYN_HALF_BASE`` / ``LORADYN_HALF_RANK`` = auto|on|off force them).
+
 Usage:
     .venv/bin/python benchmarks/bench_lora_layer.py [--reps 9] [--inner 2] [--quick]
 
@@ -168,6 +173,48 @@ def bench_merged(reps: int, inner: int, shapes, ranks) -> list[dict]:
     return rows
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_gemms() -> dict:
+    """GFLOP/s (best of 3, thread CPU time) of the base layer's GEMMs in each layout; the plan chosen."""
+    from loradyn.half_gemm import half_plan, measure_half_gemms
+
+    gen = torch.Generator().manual_seed(0)
+    n, k, m = BATCH * SEQ, 576, 1536
+    flops = 2 * n * k * m
+    out: dict = {"shape_n_in_out": [n, k, m]}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        x, w = torch.randn(n, k, generator=gen).to(dtype), torch.randn(m, k, generator=gen).to(dtype)
+        grad, w_t = torch.randn(n, m, generator=gen).to(dtype), w.T.contiguous()
+        products = {
+            "x@W.T": lambda x=x, w=w: x @ w.T,
+            "grad@W": lambda grad=grad, w=w: grad @ w,
+            "grad@(W.T)c.T": lambda grad=grad, w_t=w_t: grad @ w_t.T,
+        }
+        for label, fn in products.items():
+            fn()
+            best = float("inf")
+            for _ in range(3):
+                c0 = time.thread_time()
+                fn()
+                best = min(best, time.thread_time() - c0)
+            out[f"{name} {label} GFLOP/s"] = round(flops / max(best, 1e-9) / 1e9, 1)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        plan = half_plan(dtype)
+        out[f"{name} plan"] = {"base": plan.base, "rank": plan.rank}
+        out[f"{name} plan measurement ms"] = {key: round(1e3 * v, 3) for key, v in measure_half_gemms(dtype).items()}
+    out["env"] = {key: os.environ.get(key, "auto") for key in ("LORADYN_HALF_BASE", "LORADYN_HALF_RANK")}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=9)
@@ -180,6 +227,8 @@ def main() -> None:
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
+    host = host_gemms()
+    print(json.dumps(host))
     train = bench_train(reps, args.inner, shapes, ranks, MODES)
     merged = bench_merged(reps, args.inner, shapes, ranks)
     ratios = [r["loradyn_over_peft"] for r in train]
@@ -200,7 +249,9 @@ def main() -> None:
         "torch": torch.__version__,
         "peft": peft.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
+        "host_gemms": host,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -326,11 +326,15 @@ def test_transformers_conv1d_detected() -> None:
 # --- CPU half precision: the frozen base GEMM in oneDNN-friendly layouts ------------------------
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("mode", ["autocast-bf16", "autocast-fp16", "bf16-weights"])
-def test_half_precision_base_path_matches_float64(kind: str, mode: str, monkeypatch) -> None:
-    """Output and gradients of x, A, B within 3e-2 of float64 (bf16/fp16 rounding); the custom
-    base GEMM is used, and it agrees with autocast's own ``F.linear`` to half-precision rounding."""
+@pytest.mark.parametrize("paths", ["on", "off"])
+def test_half_precision_base_path_matches_float64(kind: str, mode: str, paths: str, monkeypatch) -> None:
+    """Output and gradients of x, A, B within 3e-2 of float64 (bf16/fp16 rounding) with the host
+    workarounds (custom base GEMM, float32 rank GEMMs) forced on and forced off; the custom base
+    GEMM is used iff forced on, and it agrees with autocast's own ``F.linear`` to half-precision rounding."""
     from loradyn import layers as layers_mod
 
+    monkeypatch.setenv("LORADYN_HALF_BASE", paths)
+    monkeypatch.setenv("LORADYN_HALF_RANK", paths)
     calls = []
     real_apply = layers_mod._FrozenHalfLinear.apply
     monkeypatch.setattr(layers_mod._FrozenHalfLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
@@ -349,7 +353,7 @@ def test_half_precision_base_path_matches_float64(kind: str, mode: str, monkeypa
     x = x64.detach().to(torch.bfloat16 if mode == "bf16-weights" else torch.float32).requires_grad_()
     with torch.autocast("cpu", dtype=half, enabled=mode != "bf16-weights"):
         y = layer(x)
-    assert calls and y.dtype == half
+    assert bool(calls) == (paths == "on") and y.dtype == half
     got = grads(y, g64.to(y.dtype), x, layer.lora_A.weight, layer.lora_B.weight)
     ref = reference_linear(ref_layer, x64)
     want = grads(ref, g64, x64, ref_layer.lora_A.weight, ref_layer.lora_B.weight)
@@ -369,6 +373,30 @@ def test_half_precision_base_path_matches_float64(kind: str, mode: str, monkeypa
         torch.testing.assert_close(gb, gp, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("slow_nn", [True, False])
+def test_half_base_path_follows_the_hosts_measurement(slow_nn: bool, monkeypatch) -> None:
+    """In ``auto`` mode the custom base GEMM is used iff the (here faked) measurement found the NN
+    layout slower by more than the margin; the float32 rank path likewise."""
+    from loradyn import half_gemm
+    from loradyn import layers as layers_mod
+
+    monkeypatch.delenv("LORADYN_HALF_BASE", raising=False)
+    monkeypatch.delenv("LORADYN_HALF_RANK", raising=False)
+    monkeypatch.setattr(half_gemm, "_MEASURED", {})
+    fake = {"nn": 4.0 if slow_nn else 1.0, "nt": 1.0, "rank_half": 1.0, "rank_fp32": 0.5 if slow_nn else 1.0}
+    monkeypatch.setattr(half_gemm, "measure_half_gemms", lambda dtype: dict(fake))
+    calls, float_mm = [], []
+    real_apply, real_mm = layers_mod._FrozenHalfLinear.apply, torch.mm
+    monkeypatch.setattr(layers_mod._FrozenHalfLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    monkeypatch.setattr(torch, "mm", lambda a, b: float_mm.append(a.dtype) or real_mm(a, b))
+    layer = LoRALinear(nn.Linear(16, 8), rank=2, alpha=2.0, generator=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(3, 16))
+    assert y.dtype == torch.bfloat16
+    assert bool(calls) == slow_nn
+    assert float_mm == ([torch.float32] if slow_nn else [])
+
+
 def test_half_path_not_used_for_trainable_base_or_float32() -> None:
     from loradyn import layers as layers_mod
 
@@ -381,3 +409,33 @@ def test_half_path_not_used_for_trainable_base_or_float32() -> None:
         layer.base_layer.weight.requires_grad_(True)  # a trainable base keeps autograd's own path
         layer(x).float().sum().backward()
     assert layer.base_layer.weight.grad is not None
+
+
+def test_autocast_input_cast_once_unless_lora_a_is_hooked() -> None:
+    """Under autocast a float32 input is cast to bf16 once for the base GEMM and ``lora_A`` both;
+    a forward hook on ``lora_A`` still sees the float32 input (then autocast casts per GEMM)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].numel() == 2 * 5 * 32:  # x-sized
+                self.casts += kwargs.get("dtype") == torch.bfloat16
+            return func(*args, **kwargs)
+
+    layer = LoRALinear(nn.Linear(32, 24), rank=4, alpha=8.0, generator=0)
+    x = torch.randn(2, 5, 32, requires_grad=True) * 1.0  # non-leaf, as inside a network
+    counts, seen = [], []
+    for hooked in (False, True):
+        if hooked:
+            layer.lora_A.register_forward_hook(lambda m, args, out: seen.append(args[0].dtype))
+        with CountCasts() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        counts.append(mode.casts)
+        assert y.dtype == torch.bfloat16
+    assert counts == [1, 2]
+    assert seen == [torch.float32]

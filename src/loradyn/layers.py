@@ -14,11 +14,13 @@ Forward of :class:`LoRALinear` (why it is faster than PEFT's ``result + lora_B(l
   much faster GEMM layout on CPU than ``nn.Linear``'s ``grad.T @ z_a``;
 * the input is never copied or cast (unless the adapter dtype differs from the input dtype
   outside autocast); under autocast only the tiny ``lora_B`` and ``z_a`` are cast;
-* on CPU in bfloat16/float16 (autocast or half weights), the frozen base GEMM runs through
-  :class:`_FrozenHalfLinear`: oneDNN is fast only when the second GEMM operand is the transpose of a
-  contiguous (N, K) matrix. Autograd's backward for ``F.linear`` computes ``grad @ W`` with ``W``
-  contiguous (out, in) -- the slow layout, 4-5x slower on this CPU (benchmarks/README.md) -- so the
+* on CPU in bfloat16/float16 (autocast or half weights), where :func:`loradyn.half_gemm.half_plan`
+  measured that it pays on this host, the frozen base GEMM runs through :class:`_FrozenHalfLinear`:
+  there oneDNN is fast only when the second GEMM operand is the transpose of a contiguous (N, K)
+  matrix. Autograd's backward for ``F.linear`` computes ``grad @ W`` with ``W`` contiguous
+  (out, in) -- the slow layout, 4-5x slower on such a CPU (benchmarks/README.md) -- so the
   backward here multiplies by a contiguous copy of ``W.T`` cast once (Conv1D: the forward does);
+  likewise the rank-sized adapter GEMMs run in float32 where half precision measured slower;
 * ``lora_A`` is still called as a module, so forward hooks on it see Z_A with the input's
   leading shape. ``lora_B`` is not called as a module (hook-based probes compute Z_B = B Z_A).
 
@@ -37,6 +39,13 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from .errors import LoradynError
+from .half_gemm import (
+    _autocast_on,
+    _FrozenHalfLinear,
+    _half_compute_dtype,
+    _shared_half_input,
+    half_plan,
+)
 from .init import Distribution, init_pair_, make_generator
 
 __all__ = ["LoRAEmbedding", "LoRALinear", "is_conv1d", "lora_scaling"]
@@ -67,13 +76,6 @@ def _check_hparams(rank: int, alpha: float, dropout: float) -> None:
         raise LoradynError(f"dropout must satisfy 0 <= dropout < 1, got {dropout!r}")
 
 
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
 def _add_product(result: torch.Tensor, z_a: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
     """``result + scaling * z_a @ lora_B.T``, in place on ``result`` when autograd allows it cheaply.
 
@@ -82,9 +84,13 @@ def _add_product(result: torch.Tensor, z_a: torch.Tensor, lora_B: torch.Tensor, 
     and for grad-requiring leaves.
     """
     inplace = result._base is None and not (result.is_leaf and result.requires_grad)
-    if result.device.type == "cpu" and result.dtype in (torch.float16, torch.bfloat16):
-        # CPU half-precision GEMMs with a rank-sized dimension fall back to slow, layout-erratic
-        # kernels (10-100x slower than float32 here); the rank-r product is cheap in float32.
+    if (
+        result.device.type == "cpu"
+        and result.dtype in (torch.float16, torch.bfloat16)
+        and half_plan(result.dtype).rank
+    ):
+        # on CPUs without fast half kernels, GEMMs with a rank-sized dimension fall back to slow,
+        # layout-erratic kernels (10-100x slower than float32); the rank-r product is cheap in float32.
         with torch.autocast("cpu", enabled=False):
             delta = torch.mm(z_a.float(), lora_B.float().T)
         return result.add_(delta, alpha=scaling) if inplace else result + (scaling * delta).to(result.dtype)
@@ -95,56 +101,6 @@ def _add_product(result: torch.Tensor, z_a: torch.Tensor, lora_B: torch.Tensor, 
     if inplace:
         return result.addmm_(z_a, lora_B.T, alpha=scaling)
     return torch.addmm(result, z_a, lora_B.T, alpha=scaling)
-
-
-def _half_compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
-    """The CPU half-precision dtype the base GEMM would run in, or None (fp32, GPU, mixed dtypes)."""
-    if x.device.type != "cpu":
-        return None
-    if _autocast_on("cpu"):
-        try:
-            dtype = torch.get_autocast_dtype("cpu")
-        except AttributeError:  # torch < 2.4
-            dtype = torch.get_autocast_cpu_dtype()
-        if x.dtype not in (torch.float32, dtype) or weight.dtype not in (torch.float32, dtype):
-            return None  # autocast leaves float64 alone
-    elif x.dtype == weight.dtype:
-        dtype = x.dtype
-    else:
-        return None
-    return dtype if dtype in (torch.bfloat16, torch.float16) else None
-
-
-class _FrozenHalfLinear(torch.autograd.Function):
-    """``x2d @ W.T + b`` for a frozen CPU weight in half precision, using the GEMM layouts oneDNN runs fast.
-
-    ``weight`` is (out, in), or (in, out) with ``fan_in_fan_out`` (Conv1D). Both GEMMs multiply by
-    the transpose of a contiguous matrix: the forward by ``W`` (out, in), the backward (input
-    gradient only -- the weight and bias are frozen) by a contiguous ``W.T`` (in, out). The output
-    dtype is the compute dtype, as under autocast; the input gradient has the input's dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, x2d, weight, bias, dtype, fan_in_fan_out):  # noqa: D102
-        with torch.autocast("cpu", enabled=False):
-            w_out_in = weight.T if fan_in_fan_out else weight
-            w_out_in = w_out_in.to(dtype, memory_format=torch.contiguous_format)
-            b = None if bias is None else bias.to(dtype)
-            y = F.linear(x2d.to(dtype), w_out_in, b)
-        ctx.save_for_backward(weight)
-        ctx.dtype, ctx.x_dtype, ctx.fan_in_fan_out = dtype, x2d.dtype, fan_in_fan_out
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        (weight,) = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            with torch.autocast("cpu", enabled=False):
-                w_in_out = weight if ctx.fan_in_fan_out else weight.T
-                w_in_out = w_in_out.to(ctx.dtype, memory_format=torch.contiguous_format)
-                grad_x = F.linear(grad.to(ctx.dtype), w_in_out).to(ctx.x_dtype)
-        return grad_x, None, None, None, None
 
 
 def _adapter_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -300,7 +256,7 @@ class LoRALinear(_Adapter):
         plain = _plain_forward(base, "Conv1D" if self.fan_in_fan_out else nn.Linear)
         if plain and not (base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)):
             half = _half_compute_dtype(x2d, base.weight)
-            if half is not None:
+            if half is not None and half_plan(half).base:
                 return _FrozenHalfLinear.apply(x2d, base.weight, base.bias, half, self.fan_in_fan_out)
         if self.fan_in_fan_out:
             if plain:
@@ -315,6 +271,8 @@ class LoRALinear(_Adapter):
         if self.merged or self.disabled:
             return self.base_layer(x)
         lead = x.shape[:-1]
+        if _plain_forward(self.base_layer, "Conv1D" if self.fan_in_fan_out else nn.Linear):
+            x = _shared_half_input(x, self.lora_A)
         result = self._base_2d(x.reshape(-1, self.in_features))
         x_a = x
         adapter_dtype = self.lora_A.weight.dtype
