@@ -170,24 +170,27 @@ def block_rows(n: int, n_train: int, itemsize: int, device_type: str = "cpu") ->
 class _Pass:
     """One fused, row-blocked forward (+ backward) over the training data for k live configs.
 
-    For each block of rows: Zᵀ = A_cat·H_blkᵀ, P = G_blk + αZ·Bt, R = relu(P), y = R·W_outᵀ,
-    residual, then M = 1[P > 0] (``R.sign_()``: R ≥ 0) and, since dP = M ⊙ (res·W_out),
-    ∇Bt += Σ_o w_o ⊙ ((αZ ⊙ res_o)ᵀ M) and dZ = α Σ_o res_o ⊙ (M (Bt ⊙ w_o)ᵀ), ∇A_cat += dZᵀ H_blk.
+    Works on transposed blocks (rows last, so the rank-r GEMMs write and read long (n, m) panels,
+    about 1.7x faster on CPU than the (m, n) layout at n = 1024): for each block of m rows,
+    Zᵀ = A_cat·H_blkᵀ, Pᵀ = G_blkᵀ + B·αZᵀ, Rᵀ = relu(Pᵀ), yᵀ = W_out·Rᵀ, residual, then
+    Mᵀ = 1[Pᵀ > 0] (``sign_``: R ≥ 0) and, since dP = M ⊙ (res·W_out),
+    ∇Bt += Σ_o w_o ⊙ ((αZᵀ ⊙ res_o) M) and dZᵀ = α Σ_o res_o ⊙ ((Bt ⊙ w_o) Mᵀ), ∇A_cat += dZᵀ H_blk.
     H and G are read once per step for all k configs, P never leaves the cache, no (k, N, n)
     tensor exists, and every operation is separable per config (a config's numbers do not
     depend on the others).
     """
 
     def __init__(self, frozen: FrozenParts, k: int, r: int) -> None:
-        self.h, self.g, self.y_star, self.w_out = frozen.h_train, frozen.g_train, frozen.y_train, frozen.w_out
+        self.h, self.w_out = frozen.h_train, frozen.w_out
         self.n_train, self.n = self.h.shape
         self.d_out = self.w_out.shape[0]
         self.r = r
         dtype, device = self.h.dtype, self.h.device
+        self.g_t = None if frozen.g_train is None else frozen.g_train.T.contiguous()  # (n, N)
+        self.y_t = frozen.y_train.T.contiguous()  # (d_out, N)
         self.rows = block_rows(self.n, self.n_train, self.h.element_size(), device.type)
         self.p_flat = torch.empty(k * self.rows * self.n, dtype=dtype, device=device)
         self.zt = torch.empty(k * r, self.n_train, dtype=dtype, device=device)  # Zᵀ of the whole step (for norms)
-        self.w_col = self.w_out.T.contiguous()  # (n, d_out)
 
     def run(self, a, bt, alpha, backward: bool):
         """Loss per config (k,) and, with ``backward``, (∇A, ∇Bt), each (k, r, n)."""
@@ -195,38 +198,38 @@ class _Pass:
         d_out, scale = self.d_out, 2.0 / (self.n_train * self.d_out)
         rows = self.rows
         a_cat = a.view(kk * r, n)
+        b = bt.transpose(1, 2).contiguous()  # (k, n, r)
         loss = torch.zeros(kk, dtype=a.dtype, device=a.device)
         zt = self.zt[: kk * r]
         if backward:
             grad_a = torch.zeros(kk * r, n, dtype=a.dtype, device=a.device)
             grad_bt = torch.zeros(kk, d_out * r, n, dtype=a.dtype, device=a.device)
-            bw = (bt.unsqueeze(1) * self.w_out.view(1, d_out, 1, n)).view(kk, d_out * r, n).transpose(1, 2)
-        w_exp = self.w_col.expand(kk, n, d_out)
+            bw = (bt.unsqueeze(1) * self.w_out.view(1, d_out, 1, n)).view(kk, d_out * r, n)
+        w_exp = self.w_out.expand(kk, d_out, n)
         for i0 in range(0, self.n_train, rows):
             i1 = min(self.n_train, i0 + rows)
             m = i1 - i0
             h_blk = self.h[i0:i1]
             zt_blk = torch.mm(a_cat, h_blk.T)  # (k r, m)
             zt[:, i0:i1] = zt_blk
-            zs = zt_blk.view(kk, r, m).transpose(1, 2) * alpha  # α Z, (k, m, r)
-            p = self.p_flat[: kk * m * n].view(kk, m, n)
-            if self.g is None:
-                torch.bmm(zs, bt, out=p)
+            zs = zt_blk.view(kk, r, m) * alpha  # α Zᵀ, (k, r, m)
+            p = self.p_flat[: kk * n * m].view(kk, n, m)  # Pᵀ
+            if self.g_t is None:
+                torch.bmm(b, zs, out=p)
             else:
-                torch.baddbmm(self.g[i0:i1].expand(kk, m, n), zs, bt, out=p)
+                torch.baddbmm(self.g_t[:, i0:i1].expand(kk, n, m), b, zs, out=p)
             p.relu_()
-            res = torch.bmm(p, w_exp).sub_(self.y_star[i0:i1])  # (k, m, d_out)
+            res = torch.bmm(w_exp, p).sub_(self.y_t[:, i0:i1])  # yᵀ - y*ᵀ, (k, d_out, m)
             loss.add_(res.square().sum(dim=(1, 2)))
             if not backward:
                 continue
-            p.sign_()  # M = 1[P > 0] (NaN stays NaN)
-            res.mul_(scale)  # ∂L/∂y
-            zr = (zs.unsqueeze(2) * res.unsqueeze(3)).view(kk, m, d_out * r)
-            grad_bt.baddbmm_(zr.transpose(1, 2), p)
-            mb = torch.bmm(p, bw).view(kk, m, d_out, r)
-            dz = (mb * res.unsqueeze(3)).sum(dim=2) if d_out > 1 else mb.view(kk, m, r).mul_(res)
-            dzt = (dz.transpose(1, 2) * alpha).reshape(kk * r, m)
-            grad_a.addmm_(dzt, h_blk)
+            p.sign_()  # Mᵀ = 1[Pᵀ > 0] (NaN stays NaN)
+            res.mul_(scale)  # ∂L/∂yᵀ
+            zr = (zs.unsqueeze(1) * res.unsqueeze(2)).view(kk, d_out * r, m)
+            grad_bt.baddbmm_(zr, p.transpose(1, 2))
+            mb = torch.bmm(bw, p).view(kk, d_out, r, m)
+            dz = (mb * res.unsqueeze(2)).sum(dim=1) if d_out > 1 else mb.view(kk, r, m).mul_(res)  # (k, r, m)
+            grad_a.addmm_((dz * alpha).view(kk * r, m), h_blk)
         loss.div_(self.n_train * d_out)
         if not backward:
             return loss, None, None
