@@ -5,15 +5,15 @@ each configuration has its own init, α rule, ``lr_a`` and ``lr_b = lr_ratio·lr
 For k live configurations a step is (H = φ(W_in x) and G precomputed: G = H W*ᵀ in the ``hidden``
 form, G = W_in x in the ``residual`` form, :mod:`loradyn.synthetic.data`; ``Bt`` = Bᵀ)::
 
-    Zᵀ  = A_cat · Hᵀ                    one GEMM for all configs (A_cat = the k A's stacked)
-    P   = G + α Z · Bt ; R = relu(P)    baddbmm into a preallocated block, relu in place
+    Zᵀ  = A_cat · Hᵀ                    one GEMM for all configs and rows (A_cat = the k A's stacked)
+    P   = G + α Z · Bt ; R = relu(P)    baddbmm into a preallocated (transposed) block, relu in place
     y   = R · W_outᵀ ; loss_k = mean((y - y*)²)
     M   = 1[P > 0] = sign(R) (in place) ; dP = M ⊙ (∂L/∂y · W_out) is never formed:
     ∇Bt = Σ_o w_o ⊙ ((αZ ⊙ ∂L/∂y_o)ᵀ M) ;  ∇A_cat = (α Σ_o ∂L/∂y_o ⊙ M (Bt ⊙ w_o)ᵀ)ᵀ · H
     Adam with per-config learning rates (a (k,1,1) tensor multiplies the update direction)
 
-The data rows are processed in blocks (:func:`block_rows`) so the (k, rows, n) block of P stays in
-cache and H, G are streamed once per step for all k configurations. No autograd and no per-step
+The data rows are processed in blocks (:func:`block_rows`) so the (k, n, rows) block of Pᵀ stays in
+cache and G is streamed once per step for all k configurations; ∇A_cat is one GEMM after the blocks. No autograd and no per-step
 allocation of (k, N, n) tensors (the hot loop stays in cache). Every operation is row- or batch-separable,
 so a configuration's numbers do not depend on which others share its pack: removing one (e.g.
 when it diverges) leaves the rest bit-for-bit unchanged (tested).
@@ -171,10 +171,11 @@ class _Pass:
     """One fused, row-blocked forward (+ backward) over the training data for k live configs.
 
     Works on transposed blocks (rows last, so the rank-r GEMMs write and read long (n, m) panels,
-    about 1.7x faster on CPU than the (m, n) layout at n = 1024): for each block of m rows,
-    Zᵀ = A_cat·H_blkᵀ, Pᵀ = G_blkᵀ + B·αZᵀ, Rᵀ = relu(Pᵀ), yᵀ = W_out·Rᵀ, residual, then
-    Mᵀ = 1[Pᵀ > 0] (``sign_``: R ≥ 0) and, since dP = M ⊙ (res·W_out),
-    ∇Bt += Σ_o w_o ⊙ ((αZᵀ ⊙ res_o) M) and dZᵀ = α Σ_o res_o ⊙ ((Bt ⊙ w_o) Mᵀ), ∇A_cat += dZᵀ H_blk.
+    about 1.7x faster on CPU than the (m, n) layout at n = 1024). Zᵀ = A_cat·Hᵀ is one GEMM for
+    the whole step; then for each block of m rows, Pᵀ = G_blkᵀ + B·αZᵀ (G's blocks stored
+    transposed and contiguous), Rᵀ = relu(Pᵀ), yᵀ = W_out·Rᵀ, residual, then Mᵀ = 1[Pᵀ > 0]
+    (``sign_``: R ≥ 0) and, since dP = M ⊙ (res·W_out), ∇Bt += Σ_o w_o ⊙ ((αZᵀ ⊙ res_o) M) and
+    dZᵀ = α Σ_o res_o ⊙ ((Bt ⊙ w_o) Mᵀ) into a (k r, N) buffer; ∇A_cat = dZᵀ H is again one GEMM.
     H and G are read once per step for all k configs, P never leaves the cache, no (k, N, n)
     tensor exists, and every operation is separable per config (a config's numbers do not
     depend on the others).
@@ -186,38 +187,36 @@ class _Pass:
         self.d_out = self.w_out.shape[0]
         self.r = r
         dtype, device = self.h.dtype, self.h.device
-        self.g_t = None if frozen.g_train is None else frozen.g_train.T.contiguous()  # (n, N)
-        self.y_t = frozen.y_train.T.contiguous()  # (d_out, N)
         self.rows = block_rows(self.n, self.n_train, self.h.element_size(), device.type)
+        self.blocks = [(i0, min(self.n_train, i0 + self.rows)) for i0 in range(0, self.n_train, self.rows)]
+        g = frozen.g_train
+        self.g_t = None if g is None else [g[i0:i1].T.contiguous() for i0, i1 in self.blocks]  # (n, m) each
+        self.y_t = frozen.y_train.T.contiguous()  # (d_out, N)
         self.p_flat = torch.empty(k * self.rows * self.n, dtype=dtype, device=device)
         self.zt = torch.empty(k * r, self.n_train, dtype=dtype, device=device)  # Zᵀ of the whole step (for norms)
+        self.dzt = torch.empty(k * r, self.n_train, dtype=dtype, device=device)  # dL/dZᵀ of the whole step
 
     def run(self, a, bt, alpha, backward: bool):
         """Loss per config (k,) and, with ``backward``, (∇A, ∇Bt), each (k, r, n)."""
         kk, r, n = a.shape
         d_out, scale = self.d_out, 2.0 / (self.n_train * self.d_out)
-        rows = self.rows
         a_cat = a.view(kk * r, n)
         b = bt.transpose(1, 2).contiguous()  # (k, n, r)
         loss = torch.zeros(kk, dtype=a.dtype, device=a.device)
-        zt = self.zt[: kk * r]
+        zt = torch.mm(a_cat, self.h.T, out=self.zt[: kk * r])  # (k r, N): one GEMM for all blocks
+        dzt = self.dzt[: kk * r]
         if backward:
-            grad_a = torch.zeros(kk * r, n, dtype=a.dtype, device=a.device)
             grad_bt = torch.zeros(kk, d_out * r, n, dtype=a.dtype, device=a.device)
             bw = (bt.unsqueeze(1) * self.w_out.view(1, d_out, 1, n)).view(kk, d_out * r, n)
         w_exp = self.w_out.expand(kk, d_out, n)
-        for i0 in range(0, self.n_train, rows):
-            i1 = min(self.n_train, i0 + rows)
+        for j, (i0, i1) in enumerate(self.blocks):
             m = i1 - i0
-            h_blk = self.h[i0:i1]
-            zt_blk = torch.mm(a_cat, h_blk.T)  # (k r, m)
-            zt[:, i0:i1] = zt_blk
-            zs = zt_blk.view(kk, r, m) * alpha  # α Zᵀ, (k, r, m)
+            zs = zt[:, i0:i1].view(kk, r, m) * alpha  # α Zᵀ, (k, r, m)
             p = self.p_flat[: kk * n * m].view(kk, n, m)  # Pᵀ
             if self.g_t is None:
                 torch.bmm(b, zs, out=p)
             else:
-                torch.baddbmm(self.g_t[:, i0:i1].expand(kk, n, m), b, zs, out=p)
+                torch.baddbmm(self.g_t[j].expand(kk, n, m), b, zs, out=p)
             p.relu_()
             res = torch.bmm(w_exp, p).sub_(self.y_t[:, i0:i1])  # yᵀ - y*ᵀ, (k, d_out, m)
             loss.add_(res.square().sum(dim=(1, 2)))
@@ -229,10 +228,11 @@ class _Pass:
             grad_bt.baddbmm_(zr, p.transpose(1, 2))
             mb = torch.bmm(bw, p).view(kk, d_out, r, m)
             dz = (mb * res.unsqueeze(2)).sum(dim=1) if d_out > 1 else mb.view(kk, r, m).mul_(res)  # (k, r, m)
-            grad_a.addmm_((dz * alpha).view(kk * r, m), h_blk)
+            torch.mul(dz, alpha, out=dzt[:, i0:i1].view(kk, r, m))
         loss.div_(self.n_train * d_out)
         if not backward:
             return loss, None, None
+        grad_a = dzt @ self.h  # (k r, n): one GEMM for all blocks
         grad_bt = grad_bt.view(kk, d_out, r, n).mul_(self.w_out.view(1, d_out, 1, n)).sum(dim=1)
         return loss, grad_a.view(kk, r, n), grad_bt
 
