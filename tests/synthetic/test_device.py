@@ -88,7 +88,7 @@ def test_another_row_block_size_agrees_within_the_float64_tolerance(monkeypatch)
 
 def test_block_rows_and_chunks_off_the_cpu():
     assert engine.block_rows(65536, 1000, 4, "cuda") == 256
-    assert engine.block_rows(65536, 1000, 4, "cpu") == 8
+    assert engine.block_rows(65536, 1000, 4, "cpu") == 16  # MIN_ROWS
     assert engine.block_rows(1024, 1000, 4, "cuda") == 1000
     assert chunk_size(65536, device_type="cuda") == 32 and chunk_size(65536) == 8
 

@@ -154,6 +154,7 @@ def blocks(request, monkeypatch):
 
     if request.param == "many blocks":
         monkeypatch.setattr(engine, "BLOCK_BYTES", 8 * 48 * 8)
+        monkeypatch.setattr(engine, "MIN_ROWS", 8)
     return request.param
 
 

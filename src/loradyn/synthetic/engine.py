@@ -153,6 +153,7 @@ def _steps_set(every: int, extra: Sequence[int], steps: int) -> set[int]:
 
 
 BLOCK_BYTES = 1 << 18  # per configuration: rows of P processed at once (~256 KB each)
+MIN_ROWS = 16  # at least this many rows a block: 8-row blocks ran at half speed (n = 8192; n = 4096 with 128 KB)
 GPU_BLOCK_BYTES = 1 << 26  # on an accelerator: 64 MB blocks (few kernel launches, no cache to fit)
 
 
@@ -164,7 +165,7 @@ def block_rows(n: int, n_train: int, itemsize: int, device_type: str = "cpu") ->
     pack: the summation order of every loss and gradient is then the same in any pack.
     """
     size = BLOCK_BYTES if device_type == "cpu" else GPU_BLOCK_BYTES
-    return max(8, min(n_train, (size // max(1, n * itemsize)) // 8 * 8))
+    return max(min(MIN_ROWS, n_train), min(n_train, (size // max(1, n * itemsize)) // 8 * 8))
 
 
 class _Pass:
