@@ -164,6 +164,16 @@ def full_width_lr(workers: int) -> dict:
             "stderr_tail": proc.stderr[-500:]}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="128,1024,2048,4096")
@@ -179,7 +189,8 @@ def main(argv=None) -> int:
     rows = [bench_width(n, ks, sgemm) for n in widths]
     sgemm_after = sgemm_gflops()
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                     "threads": torch.get_num_threads(), "loadavg_start": load,
                     "loadavg_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "sgemm_gflops": {"before": sgemm, "after": sgemm_after},
