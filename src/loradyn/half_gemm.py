@@ -130,9 +130,10 @@ def _autocast_on(device_type: str) -> bool:
 
 def _shared_half_input(x: torch.Tensor, lora_a: nn.Module) -> torch.Tensor:
     """``x`` cast once to the autocast dtype, for the base GEMM and ``lora_A`` both (autocast would
-    cast a non-leaf input once per GEMM, forward and backward); ``x`` itself when autocast is off,
-    ``x`` is not float32, or hooks on ``lora_A`` could observe its input."""
-    if x.dtype != torch.float32 or not _autocast_on(x.device.type):
+    cast a non-leaf input once per GEMM, forward and backward); ``x`` itself off the CPU (not
+    measured there), when autocast is off, ``x`` is not float32, or hooks on ``lora_A`` could
+    observe its input."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not _autocast_on("cpu"):
         return x
     if lora_a._forward_hooks or lora_a._forward_pre_hooks:
         return x
@@ -140,9 +141,9 @@ def _shared_half_input(x: torch.Tensor, lora_a: nn.Module) -> torch.Tensor:
     if modules._global_forward_hooks or modules._global_forward_pre_hooks:
         return x
     try:
-        dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = torch.get_autocast_dtype("cpu")
     except AttributeError:  # torch < 2.4
-        return x
+        dtype = torch.get_autocast_cpu_dtype()
     return x.to(dtype) if dtype in (torch.bfloat16, torch.float16) else x
 
 
