@@ -19,6 +19,10 @@ Ray driver kills count rows written after the driver died. Prints a table, write
 and summary) and a markdown table.
 
     nice -n 10 .venv/bin/python benchmarks/faults.py --n 20 --kinds driver,worker,node,ray-driver
+
+Run it from a clone that nothing edits while it runs (the reference is computed once, at the
+start): ``git clone . /tmp/c && PYTHONPATH=/tmp/c/src python /tmp/c/benchmarks/faults.py``.
+Measured table: docs/results/faults.md.
 """
 
 from __future__ import annotations
