@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 torch.set_num_threads(1)
+
+from _host import cpu_model  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 from loradyn.layers import LoRALinear  # noqa: E402
 
@@ -171,16 +172,6 @@ def bench_merged(reps: int, inner: int, shapes, ranks) -> list[dict]:
                 flush=True,
             )
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def host_gemms() -> dict:

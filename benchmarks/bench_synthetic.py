@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _host import cpu_model  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -162,16 +162,6 @@ def full_width_lr(workers: int) -> dict:
     return {"wall_s": wall, "exit_code": proc.returncode, "workers": workers,
             "verdicts": summary.get("verdicts"), "n_trials": summary.get("n_trials"),
             "stderr_tail": proc.stderr[-500:]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:

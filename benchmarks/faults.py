@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _host import cpu_model  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -246,8 +247,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
+    model = cpu_model()
     versions = {}
     for name in ("loradyn", "torch", "ray"):
         try:

@@ -32,10 +32,11 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from _host import cpu_model  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     run_kw = {"executor": args.executor, "workers": args.workers, "quiet": True}
     start = time.perf_counter()
     done, fft = [], []
-    cpu = (os.popen("lscpu | grep 'Model name'").read().split(":", 1)[-1].strip() or platform.processor())
+    cpu = cpu_model()
     full_cases = len(FULL["tasks"]) * len(FULL["inits"]) * len(FULL["alphas"])
     target = ROOT / "benchmarks" / "results" / f"tune_verify{'_quick' if args.quick else ''}{'_prune' if args.prune else ''}.json"
     if args.json:
