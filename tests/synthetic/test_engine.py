@@ -13,18 +13,13 @@ import torch
 from loradyn.errors import SpecError
 from loradyn.synthetic import SyntheticSpec, init_student, run_pack, teacher_weights
 from loradyn.tasks.registry import get_task
+from synthetic_specs import small_spec
 
 RTOL = 1e-5  # the bound; measured ~1e-12 in float64
 
 
 def spec(**sections) -> SyntheticSpec:
-    base = {"task": {"width": 48, "n_train": 64, "n_test": 16}, "train": {"steps": 15, "dtype": "float64"}}
-    for key, value in sections.items():
-        if key == "seed":
-            base["seed"] = value
-        else:
-            base.setdefault(key, {}).update(value)
-    return SyntheticSpec.from_dict(base)
+    return small_spec({"width": 48, "n_train": 64, "n_test": 16}, 15, **sections)
 
 
 def naive_run(cfg: SyntheticSpec):

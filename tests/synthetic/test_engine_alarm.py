@@ -12,20 +12,15 @@ from loradyn.alarm import AlarmSpec
 from loradyn.errors import SpecError
 from loradyn.synthetic import SyntheticSpec, run_pack, teacher_weights
 from loradyn.synthetic.engine import _alarm_stats
+from synthetic_specs import small_spec
 
 OFF = {"loss_growth": None, "z_b_ratio": None, "update_ratio": None}
 
 
 def spec(alarm=None, **sections) -> SyntheticSpec:
-    base = {"task": {"width": 48, "n_train": 64, "n_test": 16}, "train": {"steps": 30, "dtype": "float64"}}
     if alarm is not None:
-        base["train"]["alarm"] = alarm
-    for key, value in sections.items():
-        if key == "seed":
-            base["seed"] = value
-        else:
-            base.setdefault(key, {}).update(value)
-    return SyntheticSpec.from_dict(base)
+        sections["train"] = {"alarm": alarm, **sections.get("train", {})}
+    return small_spec({"width": 48, "n_train": 64, "n_test": 16}, 30, **sections)
 
 
 def _naive_stats(cfg, a, b):

@@ -11,18 +11,13 @@ from loradyn.errors import SpecError
 from loradyn.serialize import identity_dict
 from loradyn.synthetic import SyntheticSpec, frozen_parts, init_student, run_pack, teacher_weights
 from loradyn.synthetic.engine import _Pass
+from synthetic_specs import small_spec
 
 RTOL = 1e-9  # float64 throughout; measured ~1e-13
 
 
 def spec(**sections) -> SyntheticSpec:
-    base = {"task": {"width": 40, "n_train": 48, "n_test": 12}, "train": {"steps": 12, "dtype": "float64"}}
-    for key, value in sections.items():
-        if key == "seed":
-            base["seed"] = value
-        else:
-            base.setdefault(key, {}).update(value)
-    return SyntheticSpec.from_dict(base)
+    return small_spec({"width": 40, "n_train": 48, "n_test": 12}, 12, **sections)
 
 
 def naive_net(cfg: SyntheticSpec, w: dict, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float,
