@@ -115,9 +115,9 @@ def main() -> None:
     inner: list[float] = []
     accumulate = probe._accumulate
 
-    def timed_accumulate(site, z_a):
+    def timed_accumulate(site, z_a, x=None):
         t0 = time.perf_counter()
-        accumulate(site, z_a)
+        accumulate(site, z_a, x)
         inner.append(time.perf_counter() - t0)
 
     probe._accumulate = timed_accumulate

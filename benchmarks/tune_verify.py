@@ -5,7 +5,8 @@ Per case (task ``sentiment`` / ``trec6`` on all-MiniLM-L6-v2; Init[A] / Init[B];
 ``prop`` (lora_alpha = rank: α = 1, rule 1)), it runs
 
 * ``loradyn.tune`` with the proxy at rank 4 and the target at rank 64 (the spec's half-octave grid
-  coarsened to one octave at the proxy, one seed; confirmation at the target with every seed);
+  coarsened to one octave at the proxy, one seed, searched by ``--search``: bracket (the default), grid
+  or tpe; confirmation at the target with every seed);
 * the full half-octave grid at rank 64 with every seed (extended by 2 octaves, at most twice, when
   its optimum sits on an edge): the measured optimum (``loradyn.analysis.optimal_lr``, refined);
 
@@ -199,7 +200,8 @@ def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict)
     spec = _spec(task, init, alpha, s, s["grid"], s["seeds"])
     proxy = ["lora.rank=4"] + (["lora.alpha=4.0"] if alpha == "prop" else [])
     t0 = time.perf_counter()
-    result = loradyn.tune(spec, out=out / "tune", proxy=proxy, prune=s.get("prune", False), **run_kw)
+    result = loradyn.tune(spec, out=out / "tune", proxy=proxy, prune=s.get("prune", False),
+                          search=s.get("search", "bracket"), **run_kw)
     tune_wall = time.perf_counter() - t0
     rec = result.recommendation
     t0 = time.perf_counter()
@@ -221,6 +223,7 @@ def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict)
         "recommended_std": float(rec_point["std"]) if rec_point else math.nan,
         "transferred_over_measured": rec["transferred_lr_a"] / float(opt["lr_opt"]),
         "recommended_over_measured": (rec["lr_a"] or math.nan) / float(opt["lr_opt"]),
+        "search": rec["proxy"]["search"]["sampler"], "proxy_trials": rec["compute"]["proxy_trials"],
         "tune_trials": rec["compute"]["tune_trials"], "tune_trial_seconds": rec["compute"]["tune_trial_seconds"],
         "full_trials": len(full), "full_trial_seconds": full_seconds,
         "compute_fraction_measured": rec["compute"]["tune_trial_seconds"] / full_seconds,
@@ -288,12 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default runs/tune-verify[-quick])")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prune", action="store_true", help="tune with Optuna's successive-halving pruner")
+    parser.add_argument("--search", default="bracket", choices=("bracket", "grid", "tpe"), help="tune's proxy search")
     parser.add_argument("--model", default="minilm", help="minilm, or tiny-bert for a smoke test of the script")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mode's)")
     parser.add_argument("--executor", default="process", choices=("serial", "process", "ray"))
     parser.add_argument("--json", default=None, help="where the JSON goes (default benchmarks/results/tune_verify*.json)")
     args = parser.parse_args(argv)
-    s = dict(_settings(args.quick), model=args.model, prune=args.prune)
+    s = dict(_settings(args.quick), model=args.model, prune=args.prune, search=args.search)
     if args.steps:
         s.update(steps=args.steps, warmup=min(s["warmup"], max(args.steps // 10, 0)))
     if args.cases:

@@ -168,14 +168,14 @@ def test_python_trial_with_alpha_rule_given_tunes(tmp_path, capsys):
 def test_budget_too_small(spec_path, tmp_path, capsys, budget, match):
     code = main(["tune", str(spec_path), "--proxy", "lora.rank=2", "optim.lr_a=[0.001,0.004,0.016]",
                  "--target", "lora.init=A", "--out", str(tmp_path / "b"), "--executor", "serial", "--quiet",
-                 "--prune", "--budget", budget])
+                 "--prune", "--search", "grid", "--budget", budget])
     assert code == 2 and match in one_line(capsys)
 
 
 def test_budget_stops_between_stages_and_a_rerun_resumes(spec_path, tmp_path, capsys):
     out = tmp_path / "b"
     args = ["tune", str(spec_path), "--proxy", "lora.rank=2", "optim.lr_a=[0.001,0.004,0.016]", "--target",
-            "lora.init=A", "--out", str(out), "--executor", "serial", "--quiet", "--prune"]
+            "lora.init=A", "--out", str(out), "--executor", "serial", "--quiet", "--prune", "--search", "grid"]
     assert main([*args, "--budget", "12"]) == 2  # the proxy ran part-way, then the budget said no
     assert "re-running resumes" in one_line(capsys)
     with sqlite3.connect(out / "proxy" / "sweep.db") as db:

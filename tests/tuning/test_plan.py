@@ -150,8 +150,14 @@ def test_axes_refusals(spec_grid, proxy, match):
 
 def test_budget_too_small_for_the_confirmation_is_refused_before_anything_runs():
     with pytest.raises(SpecError, match=r"budget of 10 trials is too small for the confirmation step.*at least 18"):
-        make_plan(synthetic(), proxy=["lora.rank=2"], budget=10)  # 9 proxy points + 3 x 3 confirmation
-    assert make_plan(synthetic(), proxy=["lora.rank=2"], budget=18).budget.trials == 18
+        make_plan(synthetic(), proxy=["lora.rank=2"], budget=10, search="grid")  # 9 proxy points + 3 x 3 confirmation
+    assert make_plan(synthetic(), proxy=["lora.rank=2"], budget=18, search="grid").budget.trials == 18
+    # the bracket search (default) needs at least its 3 start points
+    with pytest.raises(SpecError, match=r"budget of 11 trials .* the proxy needs at least 3 \(3 points x 1 seed\).*at least 12"):
+        make_plan(synthetic(), proxy=["lora.rank=2"], budget=11)
+    assert make_plan(synthetic(), proxy=["lora.rank=2"], budget=12).n_start == 3
+    with pytest.raises(SpecError, match="unknown search 'random': use bracket, grid, tpe"):
+        make_plan(synthetic(), proxy=["lora.rank=2"], search="random")
     assert math.isclose(make_plan(synthetic(), budget="2m").budget.seconds, 120.0)
 
 

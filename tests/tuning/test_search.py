@@ -1,4 +1,5 @@
-"""loradyn.tuning.search: Optuna's sampler and successive-halving pruner on top of the sweep store."""
+"""loradyn.tuning.search: Optuna's sampler and successive-halving pruner on top of the sweep store; the
+bracket search against the whole grid."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def run(spec_dict, out):
 
 def test_pruning_trains_fewer_points_at_full_steps_and_brackets_the_best(tmp_path):
     plan = make_plan(spec(), proxy=["lora.rank=2"])
-    found = search_proxy(plan, tmp_path, run, prune=True, eta=3)
+    found = search_proxy(plan, tmp_path, run, sampler="grid", prune=True, eta=3)
     table = found.table
     rung = table[table["stage"] == "rung0"]
     full = table[table["stage"] != "rung0"]
@@ -46,16 +47,16 @@ def test_pruning_trains_fewer_points_at_full_steps_and_brackets_the_best(tmp_pat
 
 def test_without_pruning_every_point_trains_full_steps_and_the_optimum_matches(tmp_path):
     plan = make_plan(spec(), proxy=["lora.rank=2"])
-    plain = search_proxy(plan, tmp_path / "plain", run, prune=False)
+    plain = search_proxy(plan, tmp_path / "plain", run, sampler="grid", prune=False)
     assert set(plain.table["stage"]) == {"proxy"} and plain.pruned == 0 and len(plain.table) == 11
-    pruned = search_proxy(plan, tmp_path / "pruned", run, prune=True)
+    pruned = search_proxy(plan, tmp_path / "pruned", run, sampler="grid", prune=True)
     assert pruned.best["lr_grid_opt"] == plain.best["lr_grid_opt"]
     assert pruned.best["lr_opt"] == pytest.approx(plain.best["lr_opt"], rel=1e-9)
 
 
 def test_an_optimum_at_the_grid_edge_is_extended(tmp_path):
     plan = make_plan(spec(lo=-14, hi=-10), proxy=["lora.rank=2"])  # every lr too small
-    found = search_proxy(plan, tmp_path, run, prune=False)
+    found = search_proxy(plan, tmp_path, run, sampler="grid", prune=False)
     extended = found.table[found.table["stage"] == "extend"]
     assert len(extended) in (2, 4) and min(extended["optim.lr_a"]) > max(plan.lrs)
     assert found.best["lr_grid_opt"] > max(plan.lrs)
@@ -98,3 +99,59 @@ def test_a_rerun_asks_the_same_points_and_trains_nothing_new(tmp_path):
         {k: first.best[k] for k in ("lr_opt", "metric_opt", "edge")}
     assert second.pruned == first.pruned and calls
     assert list(second.table["trial_id"]) == list(first.table["trial_id"])
+
+
+def column_points(found, init=None):
+    table = found.table if init is None else found.table[found.table["lora.init"] == init]
+    return sorted(table.loc[table["stage"] != "rung0", "optim.lr_a"])
+
+
+def test_bracket_finds_the_grid_argmax_with_fewer_trials_and_measured_neighbours(tmp_path):
+    plan = make_plan(spec(), proxy=["lora.rank=2"])
+    grid = search_proxy(plan, tmp_path / "grid", run, sampler="grid", prune=False)
+    bracket = search_proxy(plan, tmp_path / "bracket", run, prune=False)
+    assert bracket.asked == 3 and set(bracket.table["stage"]) <= {"proxy", "walk"}
+    assert len(bracket.table) < len(grid.table) == 11
+    best = bracket.best["lr_grid_opt"]
+    # the synthetic curve is unimodal on this grid: the walk ends where the whole grid's argmax is
+    assert best == grid.best["lr_grid_opt"]
+    lrs = sorted(plan.lrs)
+    i = lrs.index(best)
+    assert all(lrs[j] in column_points(bracket) for j in (i - 1, i + 1) if 0 <= j < len(lrs))
+    # the bracket's points are a subset of the grid's trials: the same trial ids, the same metrics
+    both = bracket.table.merge(grid.table, on="trial_id", suffixes=("", "_grid"))
+    m = plan.metric
+    # (packs of a different size round differently: equal to float32 precision, not bit for bit)
+    assert len(both) == len(bracket.table)
+    assert both[m].astype(float).to_numpy() == pytest.approx(both[f"{m}_grid"].astype(float).to_numpy(), rel=1e-5)
+
+
+def test_bracket_walks_off_a_grid_that_is_too_low_and_stops_after_two_extensions(tmp_path):
+    plan = make_plan(spec(lo=-14, hi=-10), proxy=["lora.rank=2"])  # every lr too small
+    found = search_proxy(plan, tmp_path, run, prune=False)
+    points = column_points(found)
+    assert points[:3] == [2.0**-14, 2.0**-12, 2.0**-10] or 2.0**-11 in points
+    assert max(points) == 2.0**-8 and found.best["lr_grid_opt"] > max(plan.lrs)  # -9, -8: MAX_EXTEND one-step walks
+    assert "walk" in set(found.table["stage"])
+
+
+def test_bracket_walks_every_column(tmp_path):
+    plan = make_plan(spec(**{"lora.init": ["A", "B"]}), proxy=["lora.rank=2"])
+    found = search_proxy(plan, tmp_path, run, prune=False)
+    assert found.asked == 6 and len(found.optima) == 2
+    lrs = sorted(plan.lrs)
+    for _, row in found.optima.iterrows():
+        measured = column_points(found, row["lora.init"])
+        i = lrs.index(row["lr_grid_opt"])
+        assert all(lrs[j] in measured for j in (i - 1, i + 1) if 0 <= j < len(lrs))
+
+
+def test_bracket_steps_down_from_diverged_start_points(tmp_path):
+    plan = make_plan(spec(lo=-6, hi=10), proxy=["lora.rank=2"])  # this toy diverges from lr 2^-1 up
+    found = search_proxy(plan, tmp_path, run, prune=False)
+    table = found.table
+    starts = table[table["stage"] == "proxy"]
+    assert sorted(starts["optim.lr_a"]) == [2.0**0, 2.0**2, 2.0**4] and set(starts["status"]) == {"diverged"}
+    assert table.loc[table["stage"] == "walk", "optim.lr_a"].iloc[0] == 2.0**-2  # two grid steps below the lowest
+    grid = search_proxy(plan, tmp_path / "grid", run, sampler="grid", prune=False)
+    assert found.best["lr_grid_opt"] == grid.best["lr_grid_opt"] < 2.0**-1 and len(table) < len(grid.table)

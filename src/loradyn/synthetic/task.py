@@ -55,11 +55,16 @@ def chunk_size(width: int, rank: int = 4, n_train: int = 1000, itemsize: int = 4
 
 
 def seconds_per_step(width: int, rank: int = 4, n_train: int = 1000, method: str = "lora") -> float:
-    """Rough cost of one configuration-step on one core (s), for pack sizing and planning."""
+    """Rough cost of one configuration-step on one core (s), for pack sizing and planning.
+
+    LoRA: N·n·(10r + 6) flops at 32 GFLOP/s plus 25 µs, the transposed-block engine's rate in its
+    chunks on this project's 2-core EPYC (1 thread, benchmarks/README.md, 2026-11-30: 28-37 GFLOP/s
+    useful at n = 128-4096, r = 4, N = 1000); the engine before it ran at about 25 GFLOP/s.
+    """
     if method == "full":
         return 4.0 * n_train * width * width / 40e9 + 1e-4
     flops = n_train * width * (10 * rank + 6)
-    return flops / 25e9 + 5e-5
+    return flops / 32e9 + 2.5e-5
 
 
 def _key(config: SyntheticSpec) -> tuple:

@@ -94,7 +94,7 @@ def _say(quiet: bool, text: str) -> None:
 
 def tune(spec: Any, *, out: str | Path, proxy: Sequence[str] = (), target: Sequence[str] = (),
          overrides: Sequence[str] = (), seeds: Any = None, alpha_rule: str | None = None,
-         width: Sequence[int] | None = None, search: str = "grid", proxy_trials: int | None = None,
+         width: Sequence[int] | None = None, search: str = "bracket", proxy_trials: int | None = None,
          prune: bool = False, reduction_factor: int = 3, budget: Any = None, executor: str = "process",
          workers: int | None = None, quiet: bool = False, seed: int = 0) -> TuneResult:
     """Find the learning rate (and init and LoRA+ ratio) for the target without a blind grid.
@@ -117,7 +117,8 @@ def tune(spec: Any, *, out: str | Path, proxy: Sequence[str] = (), target: Seque
         alpha_rule: how the multiplier moves with the rank (``"1"``, ``"1/sqrt(r)"``, ``"1/r"``) where
             the spec does not say; with a ``lora.alpha`` spec it sets the proxy's alpha to match.
         width: ``(n0, n1)`` where the width changes and cannot be read from the spec.
-        search: ``"grid"`` (every coarse point) or ``"tpe"`` (``proxy_trials`` points).
+        search: ``"bracket"`` (three start points per column, then a walk to the measured local optimum:
+            about 5-6 of 9 coarse points), ``"grid"`` (every coarse point) or ``"tpe"`` (``proxy_trials`` points).
         prune: successive halving over training length (Optuna's pruner; ``reduction_factor``). Off by
             default: a rung-0 trial costs most of a full one where loading and evaluation dominate
             (measured on MiniLM: 10 of 30 steps cost 77 %), so it pays only for long trials or large spaces.
@@ -131,14 +132,15 @@ def tune(spec: Any, *, out: str | Path, proxy: Sequence[str] = (), target: Seque
     require_optuna()
     out = Path(out)
     plan = make_plan(spec, proxy=proxy, target=target, overrides=overrides, seeds=seeds, alpha_rule=alpha_rule,
-                     width=width, budget=budget)
+                     width=width, budget=budget, search=search)
     if plan.equal:
         return _plain_sweep(plan, out, executor, workers, quiet)
     _validate_target(plan)
     spent = _Budget(plan)
     run = _runner(executor, workers, quiet, spent)
-    _say(quiet, f"proxy {' '.join(plan.proxy_overrides) or '(the spec)'}: {plan.n_points} points "
-                f"x {len(plan.proxy_seeds)} seed(s) -> {out / 'proxy'}")
+    start = f"{plan.n_start} start points of {plan.n_points}" if plan.n_start < plan.n_points else f"{plan.n_points} points"
+    _say(quiet, f"proxy {' '.join(plan.proxy_overrides) or '(the spec)'}: {start} "
+                f"x {len(plan.proxy_seeds)} seed(s), {search} search -> {out / 'proxy'}")
     found = search_proxy(plan, out / "proxy", run, sampler=search, n_trials=proxy_trials, prune=prune,
                          eta=reduction_factor, seed=seed, budget_check=spent.check)
     best = found.best

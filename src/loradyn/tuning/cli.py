@@ -44,8 +44,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "proportional to r), 1/sqrt(r) (rsLoRA) or 1/r (fixed lora_alpha)")
     p.add_argument("--width", type=int, nargs=2, default=None, metavar=("N0", "N1"),
                    help="proxy and target width where the spec cannot say (e.g. a python trial)")
-    p.add_argument("--search", choices=("grid", "tpe"), default="grid",
-                   help="Optuna sampler of the proxy: grid (every coarse point) or tpe (--proxy-trials points)")
+    p.add_argument("--search", choices=("bracket", "grid", "tpe"), default="bracket",
+                   help="the proxy search: bracket (Optuna's grid sampler over 3 start points per column, then a walk "
+                        "to the measured local optimum; default), grid (every coarse point) or tpe (--proxy-trials points)")
     p.add_argument("--proxy-trials", type=int, default=None, metavar="N", help="points the tpe search asks for")
     p.add_argument("--prune", action="store_true",
                    help="successive halving (Optuna's pruner): every proxy point first trains 1/3 of the steps, only "

@@ -25,7 +25,9 @@ from ..serialize import spec_to_dict
 from ..sweep.spec import SweepSpec, resolve_sweep
 from ..tasks.registry import get_task
 
-__all__ = ["CONFIRM_POINTS", "TUNED", "Budget", "TunePlan", "coarse_grid", "dotted", "make_plan", "parse_budget"]
+__all__ = ["CONFIRM_POINTS", "SEARCHES", "TUNED", "Budget", "TunePlan", "bracket_starts", "coarse_grid", "dotted",
+           "make_plan", "parse_budget"]
+SEARCHES = ("bracket", "grid", "tpe")
 
 TUNED = ("optim.lr_a", "lora.init", "optim.lr_ratio")
 RULE_INITS = ("A", "B")  # the inits with a published (or derived) transfer rule
@@ -90,6 +92,14 @@ def coarse_grid(values: Sequence[float], spacing: float = 1.0) -> list[float]:
     return out
 
 
+def bracket_starts(lrs: Sequence[float]) -> list[float]:
+    """The bracket search's first points: the middle of the coarse grid and two grid steps either side
+    (the whole grid when it has fewer than five points)."""
+    grid = sorted(lrs)
+    c = len(grid) // 2
+    return grid if len(grid) < 5 else [grid[c - 2], grid[c], grid[c + 2]]
+
+
 @dataclass(frozen=True)
 class TunePlan:
     """The resolved proxy and target of one tune run (see :func:`make_plan`)."""
@@ -120,10 +130,17 @@ class TunePlan:
     proxy_picked: bool = False       # loradyn chose the proxy (no --proxy)
     budget: Budget = field(default_factory=Budget)
     notes: tuple[str, ...] = ()
+    search: str = "bracket"          # the proxy search (see loradyn.tuning.search)
 
     @property
     def n_points(self) -> int:
         return len(self.lrs) * len(self.inits) * len(self.ratios)
+
+    @property
+    def n_start(self) -> int:
+        """Points the proxy search trains at least (the bracket search: its start points per column)."""
+        per_column = len(bracket_starts(self.lrs)) if self.search == "bracket" else len(self.lrs)
+        return per_column * len(self.inits) * len(self.ratios)
 
     @property
     def confirm_trials(self) -> int:
@@ -295,8 +312,10 @@ def _picked_proxy(target_cfg: Mapping[str, Any]) -> list[str]:
 
 def make_plan(spec: Any, *, proxy: Sequence[str] = (), target: Sequence[str] = (), overrides: Sequence[str] = (),
               seeds: Any = None, alpha_rule: str | None = None, width: Sequence[int] | None = None,
-              budget: Any = None) -> TunePlan:
+              budget: Any = None, search: str = "bracket") -> TunePlan:
     """Resolve the proxy and target sweeps of ``spec`` and everything the transfer needs."""
+    if search not in SEARCHES:
+        raise SpecError(f"unknown search {search!r}: use {', '.join(SEARCHES)}")
     common = [str(o) for o in overrides]
     target = [str(o) for o in target] + ([f"seeds={seeds if isinstance(seeds, int) else list(seeds)}"]
                                          if seeds is not None else [])
@@ -373,6 +392,7 @@ def make_plan(spec: Any, *, proxy: Sequence[str] = (), target: Sequence[str] = (
         proxy_steps=steps0 if isinstance(steps0, int) else None, target_steps=steps1 if isinstance(steps1, int) else None,
         full_lrs=tuple(target_sweep.grid["optim.lr_a"]) if "optim.lr_a" in target_sweep.grid else None,
         full_axes=full_axes, equal=equal, proxy_picked=picked, budget=parse_budget(budget), notes=tuple(notes),
+        search=search,
     )
     if not equal:
         check_budget(plan)
@@ -396,11 +416,11 @@ def check_budget(plan: TunePlan) -> None:
     """Refuse, before anything trains, a trial budget that cannot hold one proxy pass and the confirmation."""
     if plan.budget.trials is None:
         return
-    proxy = plan.n_points * len(plan.proxy_seeds)
+    proxy = plan.n_start * len(plan.proxy_seeds)
     need = proxy + plan.confirm_trials
     if plan.budget.trials < need:
         seeds = len(plan.proxy_seeds)
         raise SpecError(f"a budget of {plan.budget.trials} trials is too small for the confirmation step: the proxy needs "
-                        f"{proxy} ({plan.n_points} points x {seeds} seed{'s' if seeds != 1 else ''}) and the "
+                        f"{'at least ' if plan.search == 'bracket' else ''}{proxy} ({plan.n_start} points x {seeds} seed{'s' if seeds != 1 else ''}) and the "
                         f"confirmation {plan.confirm_trials} ({CONFIRM_POINTS} points x {len(plan.confirm_seeds)} seeds); "
                         f"raise --budget to at least {need}, or use fewer seeds or a coarser proxy grid")

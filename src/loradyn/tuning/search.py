@@ -1,9 +1,13 @@
 """The proxy search: Optuna picks the points and prunes the bad ones; loradyn's sweep store runs and
 records every trial (so a re-run resumes without re-running a finished trial).
 
-* **Sampler.** ``grid`` (default): :class:`optuna.samplers.GridSampler` over the coarse grid
-  (``optim.lr_a`` x ``lora.init`` x ``optim.lr_ratio``), seeded, every point once. ``tpe``:
-  :class:`optuna.samplers.TPESampler` asks ``proxy_trials`` points in batches (for a large space).
+* **Sampler.** ``bracket`` (default): :class:`optuna.samplers.GridSampler` over three start points
+  per (``lora.init``, ``optim.lr_ratio``) column (the middle of the coarse ``optim.lr_a`` grid and two
+  grid steps either side), then every column walks one grid step at a time towards its better side
+  until its best point has measured neighbours on both sides (an all-diverged column steps down two
+  grid steps at a time): about 5-6 trials per column on a 9-point grid instead of 9. ``grid``: the
+  GridSampler over the whole coarse grid, every point once (for a curve that may have several bumps).
+  ``tpe``: :class:`optuna.samplers.TPESampler` asks ``proxy_trials`` points in batches (for a large space).
 * **Pruner.** With ``prune``, :class:`optuna.pruners.SuccessiveHalvingPruner` (asynchronous successive
   halving) over training length: every asked point first trains ``steps / eta`` steps (rung 0), its
   metric is reported to Optuna as the intermediate value, and only the points the pruner promotes
@@ -32,7 +36,7 @@ import pandas as pd
 from ..analysis import optimal_lr, seed_stats
 from ..errors import LoradynError
 from ..overrides import set_dotted
-from .plan import TunePlan
+from .plan import TunePlan, bracket_starts
 
 __all__ = ["ProxyOutcome", "require_optuna", "search_proxy"]
 
@@ -62,7 +66,7 @@ def _tell(study: Any, trial: Any, **kwargs: Any) -> None:
 
 @dataclass
 class ProxyOutcome:
-    """Every proxy trial of this tune (``stage``: rung0, proxy, fill, extend), the optimum of each
+    """Every proxy trial of this tune (``stage``: rung0, proxy, walk, fill, extend), the optimum of each
     (init, lr_ratio) column at full steps, the best column, and Optuna's counts."""
 
     table: pd.DataFrame
@@ -82,10 +86,11 @@ class _Search:
         self.frames: list[pd.DataFrame] = []
         self.lrs: dict[tuple[Any, Any], list[float]] = {(i, r): list(plan.lrs) for i in plan.inits for r in plan.ratios}
         self.pruned = 0
+        self.pruned_points: set[Point] = set()
         self.asked = 0
         steps = plan.proxy_steps
         self.rung_steps = max(1, int(round(steps / eta))) if prune and steps else None
-        if self.rung_steps is not None and (self.rung_steps >= steps or plan.n_points < eta):
+        if self.rung_steps is not None and (self.rung_steps >= steps or plan.n_start < eta):
             self.rung_steps = None  # too short or too few points for a rung to save anything
 
     # --- running points through the store -------------------------------------------------------
@@ -140,7 +145,8 @@ class _Search:
 
     # --- Optuna ---------------------------------------------------------------------------------
     def _space(self) -> dict[str, list[Any]]:
-        space: dict[str, list[Any]] = {"lr_a": list(self.plan.lrs)}
+        lrs = bracket_starts(self.plan.lrs) if self.sampler == "bracket" else list(self.plan.lrs)
+        space: dict[str, list[Any]] = {"lr_a": lrs}
         if self.plan.inits != (None,):
             space["init"] = [str(i) for i in self.plan.inits]
         if self.plan.ratios != (None,):
@@ -157,13 +163,13 @@ class _Search:
         optuna = require_optuna()
         space = self._space()
         n_points = int(np.prod([len(v) for v in space.values()]))
-        if self.sampler == "grid":
+        if self.sampler in ("grid", "bracket"):
             sampler, total, batch = optuna.samplers.GridSampler(space, seed=self.seed), n_points, n_points
         elif self.sampler == "tpe":
             total = self.n_trials or n_points
             sampler, batch = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=min(4, total)), 4
         else:
-            raise LoradynError(f"unknown search {self.sampler!r}: use grid or tpe")
+            raise LoradynError(f"unknown search {self.sampler!r}: use bracket, grid or tpe")
         pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=self.rung_steps, reduction_factor=self.eta)
                   if self.rung_steps else optuna.pruners.NopPruner())
         direction = "minimize" if self.plan.mode == "min" else "maximize"
@@ -180,6 +186,7 @@ class _Search:
                     if trial.should_prune():
                         _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                         self.pruned += 1
+                        self.pruned_points.add(point)
                     else:
                         survivors.append((trial, point))
             todo = list(dict.fromkeys(p for _, p in survivors if p not in done))
@@ -190,7 +197,11 @@ class _Search:
                     _tell(study, trial, values=value)
                 else:
                     _tell(study, trial, state=optuna.trial.TrialState.FAIL)
-        self._fill_and_extend(done)
+        if self.sampler == "bracket":
+            for key in sorted(self.lrs, key=str):
+                self._walk(key, done)
+        else:
+            self._fill_and_extend(done)
         return self._outcome()
 
     # --- bracketing the optimum -----------------------------------------------------------------
@@ -215,6 +226,33 @@ class _Search:
             return None
         sign = 1.0 if self.plan.mode == "min" else -1.0
         return finite.loc[(sign * finite["metric_opt"].astype(float)).idxmin()].to_dict()
+
+    def _walk(self, key: tuple[Any, Any], done: dict[Point, float]) -> None:
+        """Walk column ``key`` one grid step at a time until its best point has measured neighbours (or is
+        at the grid's end after ``MAX_EXTEND`` one-step extensions); an all-diverged column steps down.
+        A point the pruner stopped counts as measured and not better."""
+        sign = 1.0 if self.plan.mode == "min" else -1.0
+        extended = 0
+        while True:
+            grid = sorted(self.lrs[key])
+            column = {p[2]: math.nan for p in self.pruned_points if (p[0], p[1]) == key}  # the pruner's "worse"
+            column.update({p[2]: v for p, v in done.items() if (p[0], p[1]) == key})
+            finite = {lr: v for lr, v in column.items() if math.isfinite(v)}
+            if not finite:  # every measured point diverged: two grid steps below the lowest, inside the grid
+                below = [lr for lr in grid if lr < min(column)]
+                todo = [below[max(0, len(below) - 2)]] if below else []
+            else:
+                best = min(sorted(finite), key=lambda lr: sign * finite[lr])
+                i = grid.index(best)
+                todo = [grid[j] for j in (i - 1, i + 1) if 0 <= j < len(grid) and grid[j] not in column]
+                if not todo and i in (0, len(grid) - 1) and extended < MAX_EXTEND and len(grid) > 1:
+                    step = math.log2(grid[1]) - math.log2(grid[0])
+                    todo = [grid[i] * 2.0 ** (step if i else -step)]
+                    self.lrs[key] = sorted(grid + todo)
+                    extended += 1
+            if not todo:
+                return
+            done.update(self._run([(*key, lr) for lr in todo], None, "walk"))
 
     def _fill_and_extend(self, done: dict[Point, float]) -> None:
         extended = 0
@@ -261,10 +299,11 @@ class _Search:
                            f"--proxy 'optim.lr_a={{log2: [{new_hi - span:g}, {new_hi:g}, {step:g}]}}'")
 
 
-def search_proxy(plan: TunePlan, out: str | Path, run: Callable[..., pd.DataFrame], *, sampler: str = "grid",
+def search_proxy(plan: TunePlan, out: str | Path, run: Callable[..., pd.DataFrame], *, sampler: str = "bracket",
                  n_trials: int | None = None, prune: bool = True, eta: int = 3, seed: int = 0,
                  budget_check: Callable[[str, int], None] | None = None) -> ProxyOutcome:
-    """Search the proxy's coarse grid with Optuna on top of the store in ``out`` (see the module docstring).
+    """Search the proxy's coarse grid with Optuna on top of the store in ``out`` (see the module docstring):
+    ``sampler`` is ``bracket``, ``grid`` or ``tpe``.
 
     ``run(spec_dict, out)`` runs a sweep (``loradyn.run_sweep`` with the executor settings) and
     returns its results table; ``budget_check(stage, n_trials)`` may refuse the next ``n_trials``.
