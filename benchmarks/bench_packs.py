@@ -140,7 +140,7 @@ def main() -> None:
         ratio = r["adapter_steps_per_s"] / solo[r["k"]]["adapter_steps_per_s"]
         print(f"{r['k']:>3} {r['mode']:>5} {r['adapter_steps_per_s']:>16.3f} {r['train_s']:>9.2f} {r['setup_s']:>8.2f} "
               f"{r['peak_rss_mib']:>13.0f} {ratio:>15.2f}x")
-    from loradyn.tasks.experiments import machine
+    from loradyn.experiments.framework import machine
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

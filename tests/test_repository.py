@@ -1,5 +1,5 @@
-"""Properties of the source tree itself: no import cycle, modules of one concept's size, and no
-reference to a document that is not in the repository."""
+"""Properties of the source tree itself: no import cycle, modules of one concept's size, no
+reference to a document that is not in the repository, and benchmarks that import what exists."""
 
 from __future__ import annotations
 
@@ -60,6 +60,45 @@ def test_no_import_cycle_even_through_imports_inside_functions():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def _unguarded_imports(tree: ast.AST) -> list[ast.ImportFrom]:
+    """``from loradyn... import ...`` outside ``try`` blocks (a ``try`` may import an older tree's names)."""
+    found: list[ast.ImportFrom] = []
+
+    def walk(node: ast.AST) -> None:
+        if isinstance(node, ast.Try):
+            return
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loradyn":
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    walk(tree)
+    return found
+
+
+def test_every_loradyn_name_a_benchmark_imports_exists():
+    """Benchmarks run by hand, not by CI: their imports (also inside functions) are checked here."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in _unguarded_imports(ast.parse(path.read_text())):
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as err:
+                missing.append(f"{path.name}:{node.lineno}: {node.module} ({err})")
+                continue
+            missing += [f"{path.name}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                        if not hasattr(module, a.name) and not _is_submodule(node.module, a.name)]
+    assert not missing, "benchmarks import names that do not exist: " + "; ".join(missing)
+
+
+def _is_submodule(module: str, name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"{module}.{name}") is not None
 
 
 def test_no_module_is_much_over_400_lines():
