@@ -1,6 +1,7 @@
 """Does ``loradyn tune`` find the learning rate a full grid finds, for a fraction of its compute?
 
-Per case (task ``sentiment`` / ``trec6`` on all-MiniLM-L6-v2; Init[A] / Init[B]; alpha convention
+Per case (task ``sentiment`` / ``trec6`` on all-MiniLM-L6-v2, or ``wiki``: SmolLM2-135M on Wikipedia
+chunks by validation perplexity, always in a quick form (:data:`SMOL`); Init[A] / Init[B]; alpha convention
 ``fixed`` (lora_alpha 16 at every rank: rule 1/r), ``rslora`` (lora_alpha 16, use_rslora: 1/sqrt(r)),
 ``prop`` (lora_alpha = rank: α = 1, rule 1)), it runs
 
@@ -22,6 +23,7 @@ Usage::
 
     python benchmarks/tune_verify.py --quick                      # 2 cases + the FFT check, minutes
     python benchmarks/tune_verify.py [--cases sentiment:A:fixed,trec6:B:prop] [--workers 2]
+    python benchmarks/tune_verify.py --cases wiki:A:fixed,wiki:B:prop   # SmolLM2-135M, its quick form (CPU: ~1 h)
 
 Writes ``benchmarks/results/tune_verify[_quick].json`` and prints the table (machine, date, wall).
 """
@@ -50,6 +52,14 @@ RULES = {"fixed": "1/r", "rslora": "1/sqrt(r)", "prop": "1"}
 FULL = {"tasks": ["sentiment", "trec6"], "inits": ["A", "B"], "alphas": ["fixed", "rslora", "prop"],
         "steps": 100, "warmup": 10, "n_train": 0, "n_val": {"sentiment": 1000, "trec6": 500}, "n_test": 100,
         "grid": [-15, -7], "fft_grid": [-18, -10], "seeds": 3, "fft_seeds": 3}
+# SmolLM2-135M on Wikipedia chunks (``wiki-lm``) always runs in this quick form (one case ≈ 30 trials of
+# ≈ 2 min on a 2-core CPU; bf16 where the host's bf16 GEMMs are fast): metric validation perplexity.
+SMOL = {"steps": 30, "warmup": 3, "n_train": 640, "n_val": {"wiki": 32}, "n_test": 16, "grid": [-12, -7],
+        "seeds": 2, "seq_len": 128, "batch_size": 8, "eval_batch_size": 16, "bf16": True}
+TASKS = {"sentiment": {"kind": "sentiment", "model": None, "metric": "val_accuracy", "mode": "max", "targets": TARGETS},
+         "trec6": {"kind": "trec6", "model": None, "metric": "val_accuracy", "mode": "max", "targets": TARGETS},
+         "wiki": {"kind": "wiki-lm", "model": "smollm2", "metric": "val_ppl", "mode": "min",
+                  "targets": ["q_proj", "v_proj"], "settings": SMOL}}
 QUICK = {"tasks": ["sentiment"], "cases": ["sentiment:A:fixed", "sentiment:B:prop"], "steps": 30, "warmup": 3,
          "n_train": 640, "n_val": {"sentiment": 200, "trec6": 200}, "n_test": 50, "grid": [-12, -8],
          "fft_grid": [-15, -11], "seeds": 2, "fft_seeds": 1}
@@ -108,16 +118,26 @@ def _settings(quick: bool) -> dict:
     return QUICK if quick else FULL
 
 
+def task_settings(task: str, s: dict) -> dict:
+    """The run's settings, or the task's own (SmolLM2 runs in its quick form only)."""
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}: use {', '.join(TASKS)}")
+    return {**s, **TASKS[task].get("settings", {})}
+
+
 def _spec(task: str, init: str, alpha: str, s: dict, grid: list[float], seeds: int) -> dict:
-    lora = {"rank": 64, "init": init, "target_modules": TARGETS, "rslora": ALPHAS[alpha]["rslora"],
+    t = TASKS[task]
+    lora = {"rank": 64, "init": init, "target_modules": t["targets"], "rslora": ALPHAS[alpha]["rslora"],
             "alpha": ALPHAS[alpha]["alpha"] or 64.0}
+    model = s["model"] if s.get("model", "minilm") != "minilm" else (t["model"] or "minilm")  # --model: a smoke test
+    data = {"kind": t["kind"], "model": model, "n_train": s["n_train"],
+            "n_val": s["n_val"][task], "n_test": s["n_test"], **({"seq_len": s["seq_len"]} if "seq_len" in s else {})}
+    train = {"steps": s["steps"], "batch_size": s.get("batch_size", 16), "eval_batch_size": s.get("eval_batch_size", 50),
+             "warmup_steps": s["warmup"], **({"bf16": True} if s.get("bf16") else {})}
     return {"name": f"{task}-{init}-{alpha}",
-            "base": {"task": {"kind": task, "model": s.get("model", "minilm"), "n_train": s["n_train"],
-                              "n_val": s["n_val"][task], "n_test": s["n_test"]},
-                     "lora": lora, "optim": {"name": "adamw", "lr_a": 1e-3, "lr_ratio": 1.0},
-                     "train": {"steps": s["steps"], "batch_size": 16, "eval_batch_size": 50,
-                               "warmup_steps": s["warmup"]}},
-            "grid": {"optim.lr_a": {"log2": [grid[0], grid[1], 0.5]}}, "seeds": seeds, "metric": "val_accuracy"}
+            "base": {"task": data, "lora": lora, "optim": {"name": "adamw", "lr_a": 1e-3, "lr_ratio": 1.0}, "train": train},
+            "grid": {"optim.lr_a": {"log2": [grid[0], grid[1], 0.5]}}, "seeds": seeds, "metric": t["metric"],
+            "mode": t["mode"]}
 
 
 def _full_grid(spec: dict, out: Path, run_kw: dict, max_extend: int = 2):
@@ -129,7 +149,7 @@ def _full_grid(spec: dict, out: Path, run_kw: dict, max_extend: int = 2):
     for _ in range(max_extend + 1):
         spec = {**spec, "grid": {"optim.lr_a": {"log2": [lo, hi, 0.5]}}}
         df = run_sweep(spec, out, **run_kw)
-        opt = optimal_lr(df, metric=spec["metric"], mode="max").iloc[0].to_dict()
+        opt = optimal_lr(df, metric=spec["metric"], mode=spec["mode"]).iloc[0].to_dict()
         if opt["edge"] == "low":
             lo -= 2
         elif opt["edge"] == "high":
@@ -139,10 +159,10 @@ def _full_grid(spec: dict, out: Path, run_kw: dict, max_extend: int = 2):
     return df, opt
 
 
-def _curve(df, metric: str) -> list[dict]:
+def _curve(df, metric: str, mode: str = "max") -> list[dict]:
     from loradyn.analysis import seed_stats
 
-    stats = seed_stats(df, "optim.lr_a", metric=metric, mode="max").sort_values("optim.lr_a")
+    stats = seed_stats(df, "optim.lr_a", metric=metric, mode=mode).sort_values("optim.lr_a")
     return [{"lr": float(r["optim.lr_a"]), "log2_lr": math.log2(r["optim.lr_a"]), "mean": float(r["mean"]),
              "std": float(r["std"]), "n_failed": int(r["n_failed"])} for _, r in stats.iterrows()]
 
@@ -167,7 +187,7 @@ def _plot(case: dict, path: Path) -> None:
         ax.axvline(case["measured_lr"], color="tab:green", ls=":", label="measured optimum")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("lr_a")
-    ax.set_ylabel("val_accuracy")
+    ax.set_ylabel(case.get("metric", "val_accuracy"))
     ax.set_title(case["case"])
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -185,7 +205,7 @@ def _verdicts(case: dict) -> list[dict]:
     ratio = case["transferred_over_measured"]
     out = [Verdict.check("transferred lr within 2x of the measured optimum", "0.5 <= ratio <= 2", f"{ratio:.3g}",
                          0.5 <= ratio <= 2.0, [edge, chance])]
-    gap = case["measured_metric"] - case["recommended_metric"]
+    gap = (case["measured_metric"] - case["recommended_metric"]) * (1 if case.get("mode", "max") == "max" else -1)
     out.append(Verdict.check("metric at the recommended lr within one seed std of the optimum's",
                              "gap <= std", f"gap {gap:.4f}, std {case['measured_std']:.4f}",
                              gap <= case["measured_std"], [seeds_reason(case["seeds"]), chance]))
@@ -197,6 +217,7 @@ def _verdicts(case: dict) -> list[dict]:
 def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict) -> dict:
     import loradyn
 
+    s = task_settings(task, s)
     spec = _spec(task, init, alpha, s, s["grid"], s["seeds"])
     proxy = ["lora.rank=4"] + (["lora.alpha=4.0"] if alpha == "prop" else [])
     t0 = time.perf_counter()
@@ -213,6 +234,7 @@ def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict)
                       and math.isclose(p["optim.lr_a"], rec["lr_a"], rel_tol=1e-9)), None)
     case = {
         "case": f"{task}:{init}:{alpha}", "task": task, "init": init, "alpha": alpha, "alpha_rule": RULES[alpha],
+        "metric": spec["metric"], "mode": spec["mode"], "model": spec["base"]["task"]["model"],
         "seeds": s["seeds"], "proxy_lr": rec["proxy"]["optimum"]["lr_a"], "proxy_edge": rec["proxy"]["optimum"]["edge"],
         "transfer_factor": rec["transfer"]["factor"], "transfer_rules": rec["transfer"]["rules"],
         "transferred_lr": rec["transferred_lr_a"], "recommended_lr": rec["lr_a"], "decision": rec["decision"],
@@ -228,7 +250,7 @@ def run_case(task: str, init: str, alpha: str, s: dict, out: Path, run_kw: dict)
         "full_trials": len(full), "full_trial_seconds": full_seconds,
         "compute_fraction_measured": rec["compute"]["tune_trial_seconds"] / full_seconds,
         "compute_fraction_estimated": rec["compute_fraction"], "tune_wall_s": tune_wall, "full_wall_s": full_wall,
-        "full_curve": _curve(full, "val_accuracy"),
+        "full_curve": _curve(full, spec["metric"], spec["mode"]),
         "confirm_points": [{"lr": p["optim.lr_a"], "mean": p["mean"], "std": p["std"]} for p in rec["confirm"]["points"]],
         "seconds_per_trial": full_seconds / max(len(full), 1),
     }
@@ -292,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prune", action="store_true", help="tune with Optuna's successive-halving pruner")
     parser.add_argument("--search", default="bracket", choices=("bracket", "grid", "tpe"), help="tune's proxy search")
-    parser.add_argument("--model", default="minilm", help="minilm, or tiny-bert for a smoke test of the script")
+    parser.add_argument("--model", default="minilm",
+                        help="minilm, or tiny-bert (classification) / tiny-llama (wiki) for a smoke test of the script")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mode's)")
     parser.add_argument("--executor", default="process", choices=("serial", "process", "ray"))
     parser.add_argument("--json", default=None, help="where the JSON goes (default benchmarks/results/tune_verify*.json)")
@@ -341,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: transferred/measured {case['transferred_over_measured']:.2f}, compute "
               f"{case['compute_fraction_measured']:.0%}, {case['wall_s']:.0f} s", flush=True)
         write()
-        if not args.no_fft and init == "B" and alpha == "prop":  # the LoRA -> FFT check right after its case
+        if not args.no_fft and init == "B" and alpha == "prop" and task != "wiki":  # LoRA -> FFT right after its case
             t0 = time.perf_counter()
             f = run_fft(task, case, s, out / f"{task}-fft", run_kw)
             f["wall_s"] = time.perf_counter() - t0

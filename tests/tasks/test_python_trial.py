@@ -78,3 +78,10 @@ def test_config_values_must_be_plain_data():
     with pytest.raises(SpecError, match="cannot go into a python trial"):
         make_config({"task": {"kind": "python", "entry": "a:b"}, "x": object()})
     assert get_task("python").metrics == {}
+
+
+def test_a_sweep_whose_every_trial_failed_still_has_its_metric_column(tmp_path):
+    """Callers rank the table by the spec's metric: it is there (NaN) even when no trial reported it."""
+    spec = {**SPEC, "base": {**SPEC["base"], "task": {"kind": "python", "entry": "python_trials:raises"}}}
+    df = run_sweep(spec, tmp_path, executor="serial", quiet=True)
+    assert set(df["status"]) == {"failed"} and "loss" in df.columns and df["loss"].isna().all()

@@ -155,3 +155,16 @@ def test_bracket_steps_down_from_diverged_start_points(tmp_path):
     assert table.loc[table["stage"] == "walk", "optim.lr_a"].iloc[0] == 2.0**-2  # two grid steps below the lowest
     grid = search_proxy(plan, tmp_path / "grid", run, sampler="grid", prune=False)
     assert found.best["lr_grid_opt"] == grid.best["lr_grid_opt"] < 2.0**-1 and len(table) < len(grid.table)
+
+
+def test_a_batch_whose_every_trial_diverged_before_evaluation_has_no_metric_column_and_still_counts(tmp_path):
+    """Real kinds report no validation metric for a diverged trial: a one-point walk step that diverged
+    returns a table without the metric column; the search takes it as diverged and goes on."""
+    plan = make_plan(spec(lo=-6, hi=10), proxy=["lora.rank=2"])
+
+    def real_kind_like(spec_dict, out):
+        df = run(spec_dict, out)
+        return df.drop(columns=[plan.metric]) if set(df["status"]) == {"diverged"} else df
+
+    found = search_proxy(plan, tmp_path, real_kind_like, prune=False)
+    assert found.best["lr_grid_opt"] < 2.0**-1 and math.isfinite(found.best["metric_opt"])

@@ -233,6 +233,8 @@ def run_sweep(
         retire_owner(owner)
         if mark is not None:
             mark.remove()
+    if sweep.metric and sweep.metric not in df.columns:  # every trial diverged or failed before its evaluation
+        df[sweep.metric] = float("nan")
     df.attrs["out"] = str(out)
     df.attrs["name"] = sweep.name
     return df

@@ -61,11 +61,11 @@ def plot_tune(evidence: pd.DataFrame, rec: dict[str, Any], path: str | Path) -> 
         right.axvline(rec["lr_a"], color="tab:orange", ls="-", alpha=0.5, label=f"recommended {rec['lr_a']:.3g}")
     left.set_title(f"proxy: rank {rec['proxy'].get('rank')}")
     right.set_title(f"target: rank {rec['target'].get('rank')} — {rec['decision']}")
-    values = pd.to_numeric(evidence[metric], errors="coerce") if metric in evidence.columns else pd.Series(dtype=float)
-    values = values[values.map(math.isfinite)]
-    if mode == "min" and len(values) and (values > 0).all():
-        for ax in (left, right):
-            ax.set_yscale("log")  # a loss: its range spans decades
+    for ax, part in ((left, full), (right, conf)):
+        values = pd.to_numeric(part[metric], errors="coerce") if metric in part.columns else pd.Series(dtype=float)
+        values = values[values.map(math.isfinite)]
+        if mode == "min" and len(values) and (values > 0).all():
+            ax.set_yscale("log")  # a loss: its range spans decades (not on a panel with nothing finite to show)
     for ax in (left, right):
         ax.legend(fontsize=7)
     fig.tight_layout()

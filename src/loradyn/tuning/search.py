@@ -125,6 +125,8 @@ class _Search:
         values: dict[Point, float] = {}
         for batch in batches:
             df = self.run_sweep(self._spec(batch, steps), self.out)
+            if self.plan.metric not in df.columns:  # every trial of the batch diverged before its evaluation
+                df[self.plan.metric] = math.nan
             wanted = {(p[0], p[1], p[2]) for p in batch}
             df = df[[self._point(row) in wanted for _, row in df.iterrows()]].copy()
             df["stage"] = stage
