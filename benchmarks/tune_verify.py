@@ -403,7 +403,9 @@ def _estimate_full(done: list[dict], s: dict, n_cases: int, workers: int) -> dic
         max(FULL["n_val"].values()) / max(s["n_val"].values()))
     full_grid = full_lrs * FULL["seeds"]
     coarse = full_lrs // 2 + 1  # the proxy's one-octave points
-    tune = coarse / 3 + 5 + 3 * FULL["seeds"]  # rung 0 at 1/3 of the steps, ~5 full-step points, the confirmation
+    # proxy: bracket ~6 points (3 starts and the walk); grid: every point and up to 2 fills; prune: rung 0 at 1/3
+    proxy = 6 if s.get("search", "bracket") == "bracket" else coarse + 2
+    tune = (coarse / 3 + 5 if s.get("prune") else proxy) + 3 * FULL["seeds"]  # + the confirmation
     fft = (int((FULL["fft_grid"][1] - FULL["fft_grid"][0]) / 0.5) + 1) * FULL["fft_seeds"] * len(FULL["tasks"])
     trials = n_cases * (full_grid + tune) + fft
     cpu_s = trials * per_trial * scale
