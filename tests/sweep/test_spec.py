@@ -118,6 +118,17 @@ def test_plan_packs_groups_by_key_and_chunks():
     assert [p.pack_id for p in packs] == [p.pack_id for p in plan_packs(task, expand(spec, task))]
 
 
+def test_plan_packs_gives_every_worker_a_pack_when_a_group_is_small():
+    spec = resolve_sweep(sweep_toy.toy_sweep(grid={"optim.lr_a": [0.1, 0.2, 0.3]}), ["task.pack_size=8", "seeds=1"])
+    task = get_task("toy")
+    trials = expand(spec, task)
+    assert [len(p.trials) for p in plan_packs(task, trials)] == [3]  # one worker: one pack
+    assert [len(p.trials) for p in plan_packs(task, trials, workers=2)] == [2, 1]  # not 3 and an idle worker
+    assert [len(p.trials) for p in plan_packs(task, trials, workers=8)] == [1, 1, 1]
+    many = expand(resolve_sweep(spec, ["seeds=6"]), task)  # 18 trials: max_pack_size still caps
+    assert [len(p.trials) for p in plan_packs(task, many, workers=2)] == [8, 8, 2]
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "seed": 0}) == {"a.b": 1, "a.c.d": (1, 2), "seed": 0}
 

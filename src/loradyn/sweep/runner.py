@@ -165,6 +165,13 @@ def validate_inputs(task: TaskKind, packs: Sequence[Any]) -> None:
             validate(config)
 
 
+def _pack_workers(executor: str, workers: int | None) -> int:
+    """The workers packs are balanced over: the given count, else 1 (serial) or the CPU count."""
+    if workers:
+        return int(workers)
+    return 1 if executor == "serial" else os.cpu_count() or 1
+
+
 def run_sweep(
     spec: SweepSpec | Mapping[str, Any] | str | Path,
     out: str | Path,
@@ -216,7 +223,7 @@ def run_sweep(
         print(count_line(sweep), flush=True)  # before expanding anything; stderr stays for errors
     task = get_task(sweep.kind)
     trials = expand(sweep, task)
-    packs = plan_packs(task, trials)
+    packs = plan_packs(task, trials, _pack_workers(executor, workers))
     validate_inputs(task, packs)
     pack_of = {t.trial_id: p.pack_id for p in packs for t in p.trials}
     ids = [t.trial_id for t in trials]

@@ -343,8 +343,10 @@ def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
     return trials
 
 
-def plan_packs(task: TaskKind, trials: Sequence[Trial]) -> list[Pack]:
-    """Group trials by ``task.pack_key`` (first-appearance order) and chunk by ``max_pack_size``."""
+def plan_packs(task: TaskKind, trials: Sequence[Trial], workers: int = 1) -> list[Pack]:
+    """Group trials by ``task.pack_key`` (first-appearance order) and chunk by ``max_pack_size``,
+    at most ``ceil(group / workers)`` trials a pack, so that a small group still gives every worker
+    a pack (3 trials on 2 workers: packs of 2 and 1, not one pack of 3 and an idle worker)."""
     groups: dict[Any, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(task.pack_key(trial.config), []).append(trial)
@@ -353,6 +355,7 @@ def plan_packs(task: TaskKind, trials: Sequence[Trial]) -> list[Pack]:
         size = int(task.max_pack_size(members[0].config))
         if size < 1:
             raise SpecError(f"task {task.kind!r}: max_pack_size returned {size}; it must be >= 1")
+        size = min(size, max(1, -(-len(members) // max(1, workers))))
         for start in range(0, len(members), size):
             chunk = tuple(members[start : start + size])
             digest = hashlib.sha256(",".join(t.trial_id for t in chunk).encode()).hexdigest()[:16]
