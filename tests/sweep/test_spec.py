@@ -126,7 +126,7 @@ def test_plan_packs_gives_every_worker_a_pack_when_a_group_is_small():
     assert [len(p.trials) for p in plan_packs(task, trials, workers=2)] == [2, 1]  # not 3 and an idle worker
     assert [len(p.trials) for p in plan_packs(task, trials, workers=8)] == [1, 1, 1]
     many = expand(resolve_sweep(spec, ["seeds=6"]), task)  # 18 trials: max_pack_size still caps
-    assert [len(p.trials) for p in plan_packs(task, many, workers=2)] == [8, 8, 2]
+    assert [len(p.trials) for p in plan_packs(task, many, workers=2)] == [5, 5, 5, 3]  # 2 packs each, not 8, 8, 2
 
 
 def test_flatten():

@@ -345,8 +345,9 @@ def expand(spec: SweepSpec, task: TaskKind | None = None) -> list[Trial]:
 
 def plan_packs(task: TaskKind, trials: Sequence[Trial], workers: int = 1) -> list[Pack]:
     """Group trials by ``task.pack_key`` (first-appearance order) and chunk by ``max_pack_size``,
-    at most ``ceil(group / workers)`` trials a pack, so that a small group still gives every worker
-    a pack (3 trials on 2 workers: packs of 2 and 1, not one pack of 3 and an idle worker)."""
+    into a multiple of ``workers`` packs of near-equal size, so that every worker gets about the same
+    work: 3 trials on 2 workers are packs of 2 and 1, not one pack of 3 and an idle worker; 22 trials
+    with ``max_pack_size`` 8 are 6, 6, 6, 4 (two packs each), not 8, 8, 6 (14 trials on one worker)."""
     groups: dict[Any, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(task.pack_key(trial.config), []).append(trial)
@@ -355,7 +356,9 @@ def plan_packs(task: TaskKind, trials: Sequence[Trial], workers: int = 1) -> lis
         size = int(task.max_pack_size(members[0].config))
         if size < 1:
             raise SpecError(f"task {task.kind!r}: max_pack_size returned {size}; it must be >= 1")
-        size = min(size, max(1, -(-len(members) // max(1, workers))))
+        if workers > 1:  # one pack per worker per round, near-equal sizes
+            n_packs = workers * -(-len(members) // (workers * size))
+            size = max(1, -(-len(members) // n_packs))
         for start in range(0, len(members), size):
             chunk = tuple(members[start : start + size])
             digest = hashlib.sha256(",".join(t.trial_id for t in chunk).encode()).hexdigest()[:16]
