@@ -24,6 +24,7 @@ from ..scaling import ALPHA_RULES, canonical_alpha_rule
 from ..serialize import spec_to_dict
 from ..sweep.spec import SweepSpec, resolve_sweep
 from ..tasks.registry import get_task
+from .grid import bracket_starts, coarse_grid
 
 __all__ = ["CONFIRM_POINTS", "SEARCHES", "TUNED", "Budget", "TunePlan", "bracket_starts", "coarse_grid", "dotted",
            "make_plan", "parse_budget"]
@@ -80,24 +81,6 @@ def parse_budget(value: Any) -> Budget:
     if seconds <= 0:
         raise SpecError(f"a budget in seconds must be > 0, got {value!r}")
     return Budget(seconds=seconds)
-
-
-def coarse_grid(values: Sequence[float], spacing: float = 1.0) -> list[float]:
-    """Every point of a log2 learning-rate axis at least ``spacing`` octaves from the previous one
-    (the smallest is kept): a half-octave axis becomes a one-octave one."""
-    out: list[float] = []
-    for lr in sorted(float(v) for v in values):
-        if not out or math.log2(lr) - math.log2(out[-1]) >= spacing - 1e-9:
-            out.append(lr)
-    return out
-
-
-def bracket_starts(lrs: Sequence[float]) -> list[float]:
-    """The bracket search's first points: the middle of the coarse grid and two grid steps either side
-    (the whole grid when it has fewer than five points)."""
-    grid = sorted(lrs)
-    c = len(grid) // 2
-    return grid if len(grid) < 5 else [grid[c - 2], grid[c], grid[c + 2]]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ import pandas as pd
 from ..analysis import optimal_lr, seed_stats
 from ..errors import LoradynError
 from ..overrides import set_dotted
-from .plan import TunePlan, bracket_starts
+from .grid import bracket_starts
+from .plan import TunePlan
 
 __all__ = ["ProxyOutcome", "require_optuna", "search_proxy"]
 
