@@ -266,7 +266,7 @@ def _run(out: Path, sweep: SweepSpec, task: TaskKind, trials: list[Any], packs: 
             store.reset_failed(ids)
         statuses = store.statuses(ids)
         todo_packs = {pack_of[t] for t, s in statuses.items() if s not in FINISHED}
-        n_workers = workers or (1 if executor == "serial" else max(1, min(os.cpu_count() or 1, len(todo_packs))))
+        n_workers = workers or max(1, min(_pack_workers(executor, None), len(todo_packs)))
         env = environment(executor, n_workers)
         _write_atomic(out / "env.json", json.dumps(env, indent=2, default=str) + "\n")
         if todo_packs:
