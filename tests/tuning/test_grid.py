@@ -13,6 +13,8 @@ def test_bracket_starts_are_the_middle_and_two_grid_steps_either_side():
     assert bracket_starts(grid[:4]) == grid[:4]  # under 5 points: all of them
 
 
-def test_coarse_grid_keeps_every_other_half_octave_point():
+def test_coarse_grid_keeps_one_point_per_octave():
     half = [2.0 ** (e / 2) for e in range(-30, -13)]
     assert coarse_grid(half) == [2.0**e for e in range(-15, -6)]
+    assert coarse_grid([1e-3]) == [1e-3]
+    assert coarse_grid([4e-3, 1e-3, 2e-3, 3e-3]) == [1e-3, 2e-3, 4e-3]  # unsorted; 3e-3 is under an octave above 2e-3

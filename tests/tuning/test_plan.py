@@ -8,7 +8,7 @@ import math
 import pytest
 
 from loradyn.errors import SpecError
-from loradyn.tuning.plan import coarse_grid, make_plan, parse_budget, read_alpha_rule
+from loradyn.tuning.plan import make_plan, parse_budget, read_alpha_rule
 
 
 def synthetic(**grid):
@@ -25,13 +25,6 @@ def classify(alpha=16.0, rslora=False):
                                     "lora": {"rank": 64, "alpha": alpha, "rslora": rslora},
                                     "optim": {"lr_a": 1e-4}, "train": {"steps": 50}},
             "grid": {"optim.lr_a": {"log2": [-14, -8, 0.5]}}, "seeds": 3}
-
-
-def test_coarse_grid_keeps_one_point_per_octave():
-    half = [2.0 ** (-12 + 0.5 * k) for k in range(17)]
-    assert coarse_grid(half) == [2.0 ** e for e in range(-12, -3)]
-    assert coarse_grid([1e-3]) == [1e-3]
-    assert coarse_grid([4e-3, 1e-3, 2e-3, 3e-3]) == [1e-3, 2e-3, 4e-3]
 
 
 @pytest.mark.parametrize(("text", "trials", "seconds"), [

@@ -26,7 +26,7 @@ from ..sweep.spec import SweepSpec, resolve_sweep
 from ..tasks.registry import get_task
 from .grid import bracket_starts, coarse_grid
 
-__all__ = ["CONFIRM_POINTS", "SEARCHES", "TUNED", "Budget", "TunePlan", "bracket_starts", "coarse_grid", "dotted",
+__all__ = ["CONFIRM_POINTS", "SEARCHES", "TUNED", "Budget", "TunePlan", "dotted",
            "make_plan", "parse_budget"]
 SEARCHES = ("bracket", "grid", "tpe")
 
